@@ -1,0 +1,35 @@
+import { DaemonDown } from '../../control/client.js';
+import { RatedError } from '../../errors.js';
+import { VERSION } from '../../version.js';
+import { api, out, type GlobalArgs } from '../context.js';
+import { remaining } from '../format.js';
+
+/** `rated status`: whether the daemon is up, and what it is doing. */
+export async function status(args: GlobalArgs & { json?: boolean }): Promise<void> {
+  let s: Record<string, unknown>;
+  try {
+    s = (await api(args, 'GET', '/status')).body as Record<string, unknown>;
+  } catch (err) {
+    if (!(err instanceof DaemonDown)) throw err;
+    if (args.json) out(JSON.stringify({ status: 'down', version: VERSION, error: err.message }, null, 2));
+    else out(`rated is down: ${err.message}`);
+    throw new RatedError('DAEMON_UNREACHABLE', 'rated is not running', { cause: err });
+  }
+  if (args.json) return out(JSON.stringify(s, null, 2));
+  const receivers = s.receivers as Record<string, Record<string, unknown> | null>;
+  const fw = s.firewall as Record<string, number>;
+  const errors = s.lastErrors as Array<{ at: string; error: string }>;
+  out(`rated ${String(s.version)} is up (pid ${String(s.pid)}, ${remaining(Number(s.uptime) * 1000)} uptime)`);
+  out(`config:          ${String(s.config)}`);
+  out(`backend:         ${String(s.backend)}${s.table ? ` (table ${String(s.table)})` : ''}`);
+  for (const [name, r] of Object.entries(receivers)) {
+    if (!r) continue;
+    out(`receiver ${name.padEnd(7)} ${String(r.listen)}: ${String(r.received)} received, ${String(r.rejected)} rejected, ${String(r.ignored)} ignored, ${String(r.perSecond)}/s`);
+  }
+  out(`tracked clients: ${String(s.trackedClients)}`);
+  out(`active blocks:   ${String(s.activeBlocks)}${s.droppedPackets === null ? '' : ` (${String(s.droppedPackets)} packets dropped)`}`);
+  out(`firewall:        ${fw.batches} batches, ${fw.elements} changes, ${fw.refused} refused, ${fw.driftRepairs} drift repairs`);
+  out(`redis:           ${s.redis === null ? 'not configured' : JSON.stringify(s.redis)}`);
+  out(`last errors:     ${errors.length === 0 ? 'none' : ''}`);
+  for (const e of errors) out(`  ${e.at}  ${e.error}`);
+}

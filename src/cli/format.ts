@@ -1,0 +1,37 @@
+import type { BlockView } from '../enforce/index.js';
+
+/** Formats a remaining time compactly: `5h59m`, `42s`. */
+export function remaining(ms: number): string {
+  if (ms <= 0) return 'now';
+  const s = Math.ceil(ms / 1000);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  if (d > 0) return `${d}d${h}h`;
+  if (h > 0) return `${h}h${m}m`;
+  if (m > 0) return `${m}m${sec}s`;
+  return `${sec}s`;
+}
+
+function time(iso: string | null): string {
+  return iso === null ? '-' : iso.replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+}
+
+/** Renders blocks as a table for people. */
+export function blocksTable(blocks: readonly BlockView[], now = Date.now()): string {
+  if (blocks.length === 0) return 'No active blocks.';
+  const rows = blocks.map((b) => [
+    b.ip,
+    b.source,
+    b.rule ?? '-',
+    b.hits === null ? '-' : String(b.hits),
+    time(b.since),
+    b.expires === null ? 'never' : `${time(b.expires)} (${remaining(Date.parse(b.expires) - now)})`,
+    b.reason ?? '-',
+  ]);
+  const header = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'REASON'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
+  return [line(header), ...rows.map(line), '', `${blocks.length} active block${blocks.length === 1 ? '' : 's'}`].join('\n');
+}

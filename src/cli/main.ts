@@ -1,0 +1,67 @@
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { describe, EXIT, RatedError } from '../errors.js';
+import { VERSION } from '../version.js';
+import { block, flush, list, unblock } from './commands/blocks.js';
+import { checkConfig } from './commands/check-config.js';
+import { run } from './commands/run.js';
+import { status } from './commands/status.js';
+
+/** Builds the command line; handlers run through parseAsync so errors reach one catch. */
+function cli(argv: string[]) {
+  return yargs(argv)
+    .scriptName('rated')
+    .usage('$0 <command> [options]')
+    .option('config', { alias: 'c', type: 'string', describe: 'configuration file (default: $RATED_CONFIG, /etc/rated/rated.yml, embedded defaults)' })
+    .option('socket', { type: 'string', describe: 'control socket (default: control.socket)' })
+    .command('run', 'run the daemon in the foreground', (y) => y
+      .option('dry-run', { type: 'boolean', describe: 'decide, log and list, never touch the kernel' }),
+    async (a) => run({ config: a.config, socket: a.socket, dryRun: a.dryRun }))
+    .command('list', 'list active blocks', (y) => y
+      .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
+    async (a) => list({ config: a.config, socket: a.socket, json: a.json }))
+    .command('block <target>', 'block an address or CIDR network', (y) => y
+      .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' })
+      .option('for', { type: 'string', describe: 'duration: 90s, 10m, 6h, 1d or seconds (default: the first rule\'s block)' })
+      .option('reason', { type: 'string', describe: 'why, shown by list' })
+      .option('json', { type: 'boolean', describe: 'print the block as JSON' }),
+    async (a) => block({ config: a.config, socket: a.socket, target: a.target, for: a.for, reason: a.reason, json: a.json }))
+    .command('unblock <target>', 'lift a block and forget the client\'s counters', (y) => y
+      .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' }),
+    async (a) => unblock({ config: a.config, socket: a.socket, target: a.target }))
+    .command('flush', 'lift every block rated manages, and nothing else', (y) => y
+      .option('yes', { type: 'boolean', describe: 'do not ask for confirmation' }),
+    async (a) => flush({ config: a.config, socket: a.socket, yes: a.yes }))
+    .command('status', 'show whether rated is up and what it is doing', (y) => y
+      .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
+    async (a) => status({ config: a.config, socket: a.socket, json: a.json }))
+    .command('check-config', 'validate and print the effective configuration', (y) => y,
+      (a) => checkConfig({ config: a.config, socket: a.socket }))
+    .demandCommand(1, 'name a command; see rated --help')
+    .strict()
+    .fail(false)
+    .version(VERSION)
+    .help()
+    .alias('help', 'h')
+    .wrap(Math.min(100, process.stdout.columns || 100));
+}
+
+/** Runs the CLI and exits with SPEC §2's codes; the only place that exits on an error. */
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await cli(argv).parseAsync();
+  } catch (err) {
+    if (err instanceof RatedError) {
+      process.stderr.write(`rated: ${err.message}\n`);
+      process.exit(err.exitCode);
+    }
+    if (err instanceof Error && err.name === 'YError') {
+      process.stderr.write(`rated: ${describe(err)} (see rated --help)\n`);
+      process.exit(EXIT.usage);
+    }
+    process.stderr.write(`rated: ${describe(err)}\n`);
+    process.exit(EXIT.runtime);
+  }
+}
+
+await main(hideBin(process.argv));

@@ -1,0 +1,137 @@
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { parseNetwork } from '../address.js';
+import { configError } from '../errors.js';
+import { compileRules } from '../limit/rules.js';
+import { configSchema, type Config } from './schema.js';
+
+/** Where the configuration came from: a file path, or the embedded defaults. */
+export interface LoadedConfig {
+  readonly config: Config;
+  readonly source: string;
+}
+
+export const DEFAULT_PATH = '/etc/rated/rated.yml';
+export const EMBEDDED = 'embedded defaults';
+
+/** Finds and loads the configuration: `--config`, `$RATED_CONFIG`, /etc/rated/rated.yml, else the embedded defaults. */
+export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const chosen = explicit ?? (env.RATED_CONFIG || undefined);
+  if (chosen !== undefined) return { config: readConfigFile(chosen), source: chosen };
+  let text: string;
+  try {
+    text = readFileSync(DEFAULT_PATH, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { config: parseConfig({}), source: EMBEDDED };
+    throw configError(DEFAULT_PATH, `cannot read: ${(err as Error).message}`);
+  }
+  return { config: parseConfigText(text, DEFAULT_PATH), source: DEFAULT_PATH };
+}
+
+function readConfigFile(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw configError(path, code === 'ENOENT' ? 'no such file' : `cannot read: ${(err as Error).message}`);
+  }
+  return parseConfigText(text, path);
+}
+
+/** Parses YAML text into a validated configuration; errors name the file, line and key. */
+export function parseConfigText(text: string, file: string): Config {
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false });
+  const yamlError = doc.errors[0];
+  if (yamlError) {
+    const line = yamlError.linePos?.[0]?.line;
+    throw configError(file, `invalid YAML${line ? ` at line ${line}` : ''}: ${yamlError.message.split('\n')[0] ?? ''}`);
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  return parseConfig(raw);
+}
+
+/** Validates a plain object against the schema, adds the checks the schema cannot express, and freezes it. */
+export function parseConfig(raw: unknown): Config {
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    if (issue) throw configError(formatPath(issuePath(issue)), issueMessage(issue));
+    throw configError('', 'invalid configuration');
+  }
+  const config = result.data;
+  crossCheck(config);
+  return deepFreeze(config);
+}
+
+function crossCheck(config: Config): void {
+  const http = config.receivers.http;
+  if (http && !isLoopback(http.address) && http.token === null) {
+    throw configError('receivers.http.token', `required when receivers.http.address (${http.address}) is not a loopback address`);
+  }
+  const udp = config.receivers.udp;
+  if (udp && !isLoopback(udp.address)) {
+    throw configError('receivers.udp.address', `must be a loopback address: UDP carries no token and its source can be forged, got ${JSON.stringify(udp.address)}`);
+  }
+  try {
+    compileRules(config.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })));
+  } catch (err) {
+    throw configError('rules', (err as Error).message);
+  }
+  if (config.redis?.prefix === '') throw configError('redis.prefix', 'must not be empty');
+}
+
+function isLoopback(address: string): boolean {
+  const n = parseNetwork(address);
+  if (!n) return false;
+  return n.family === 4 ? (n.value >> 24n) === 127n : n.value === 1n;
+}
+
+function issuePath(issue: z.core.$ZodIssue): PropertyKey[] {
+  if (issue.code === 'unrecognized_keys' && issue.keys.length > 0) return [...issue.path, issue.keys[0] ?? ''];
+  return issue.path;
+}
+
+function issueMessage(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      return 'unknown key';
+    case 'invalid_type':
+      return `expected ${issue.expected}, got ${describeReceived(issue.input)}`;
+    case 'invalid_value':
+      return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}, got ${describeReceived(issue.input)}`;
+    case 'invalid_union': {
+      const inner = issue.errors.flat()[0];
+      return inner && inner.code !== 'invalid_type' ? inner.message : `${issue.message}, got ${describeReceived(issue.input)}`;
+    }
+    default:
+      return issue.message;
+  }
+}
+
+function describeReceived(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  return JSON.stringify(value);
+}
+
+/** Formats a key path the way the configuration file reads: `rules[0].window`. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

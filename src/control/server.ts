@@ -1,0 +1,132 @@
+import { mkdirSync, chmodSync, unlinkSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import { describe, RatedError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ControlApi } from './api.js';
+
+const MAX_BODY = 64 * 1024;
+
+/** The control API: HTTP/1.1 over a unix socket (SPEC §8). */
+export class ControlServer {
+  private readonly server: Server;
+
+  constructor(private readonly path: string, private readonly api: ControlApi, private readonly log: Logger) {
+    this.server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+      this.route(req, res).catch((err: unknown) => this.fail(res, err));
+    });
+  }
+
+  /** Binds the socket, replacing a stale one left by a crash; a live one means another daemon runs. */
+  async listen(): Promise<void> {
+    mkdirSync(dirname(this.path), { recursive: true, mode: 0o750 });
+    if (await isAlive(this.path)) {
+      throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${this.path}; stop it first (rated status)`);
+    }
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // nothing to replace
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', (err: NodeJS.ErrnoException) => {
+        reject(new RatedError('BIND_FAILED', `control.socket: cannot listen on ${this.path}: ${err.code ?? err.message}`));
+      });
+      this.server.listen(this.path, () => resolve());
+    });
+    chmodSync(this.path, 0o660);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://rated');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    if (path === '/status' && method === 'GET') return send(res, 200, await this.api.status());
+    if (path === '/metrics' && method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      res.end(await this.api.metrics());
+      return;
+    }
+    if (path === '/blocks') {
+      if (method === 'GET') return send(res, 200, this.api.blocks());
+      if (method === 'POST') {
+        const body = await readJson(req);
+        const ip = body.ip;
+        if (typeof ip !== 'string') throw new RatedError('USAGE', 'ip: expected an address or CIDR network');
+        const forValue = body.for;
+        if (forValue !== undefined && typeof forValue !== 'string' && typeof forValue !== 'number') {
+          throw new RatedError('USAGE', 'for: expected a duration like "1h"');
+        }
+        const reason = body.reason;
+        if (reason !== undefined && typeof reason !== 'string') throw new RatedError('USAGE', 'reason: expected text');
+        const result = await this.api.block({ ip, ...(forValue === undefined ? {} : { for: forValue }), ...(reason === undefined ? {} : { reason }) });
+        return send(res, result.outcome === 'added' ? 201 : 200, { ...result.block, outcome: result.outcome });
+      }
+      if (method === 'DELETE') return send(res, 200, { lifted: await this.api.flush() });
+      return send(res, 405, { error: `${method} is not allowed on /blocks` });
+    }
+    if (path.startsWith('/blocks/') && method === 'DELETE') {
+      const ip = decodeURIComponent(path.slice('/blocks/'.length));
+      const lifted = await this.api.unblock(ip);
+      if (!lifted) return send(res, 404, { error: `${ip} is not blocked`, code: 'NOT_FOUND' });
+      return send(res, 200, lifted);
+    }
+    send(res, 404, { error: `no such endpoint: ${method} ${path}` });
+  }
+
+  private fail(res: ServerResponse, err: unknown): void {
+    if (err instanceof RatedError) {
+      const status = err.code === 'USAGE' || err.code === 'CONFIG' ? 400 : err.code === 'REFUSED' ? 409 : err.code === 'NOT_FOUND' ? 404 : 500;
+      send(res, status, { error: err.message, code: err.code });
+      return;
+    }
+    this.log.error({ err: describe(err) }, 'control request failed');
+    send(res, 500, { error: describe(err), code: 'INTERNAL' });
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) return;
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let size = 0;
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new RatedError('USAGE', 'request body too large');
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') return {};
+  try {
+    const value: unknown = JSON.parse(text);
+    if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
+  } catch {
+    // reported below
+  }
+  throw new RatedError('USAGE', 'expected a JSON object body');
+}
+
+/** True when something accepts connections on the unix socket. */
+export function isAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}

@@ -1,0 +1,21 @@
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+const DURATION = /^(\d{1,9})(ms|s|m|h|d|w)?$/;
+
+/** Parses `90s`, `10m`, `6h`, `1d` or plain seconds into milliseconds; null when invalid. */
+export function parseDuration(input: string | number): number | null {
+  if (typeof input === 'number') {
+    return Number.isSafeInteger(input) && input >= 0 ? input * 1000 : null;
+  }
+  const m = DURATION.exec(input.trim());
+  if (!m) return null;
+  return Number(m[1]) * (UNITS[m[2] ?? 's'] ?? 1000);
+}
+
+/** Formats milliseconds as the shortest exact duration: `120s`, `6h`, `1d`, `90m`. */
+export function formatDuration(ms: number): string {
+  for (const unit of ['w', 'd', 'h', 'm', 's'] as const) {
+    const size = UNITS[unit] ?? 1;
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

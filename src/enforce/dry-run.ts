@@ -1,0 +1,51 @@
+import type { Network } from '../address.js';
+import { OpQueue, type Backend, type CommitResult, type KernelEntry, type StructureCheck } from './backend.js';
+
+/** Decides, logs and lists like the others, and never touches the kernel. */
+export class DryRunBackend implements Backend {
+  readonly kind = 'dry-run' as const;
+  readonly expiresInKernel = true;
+  private readonly queue = new OpQueue();
+  private readonly elements = new Map<string, KernelEntry>();
+
+  async probe(): Promise<void> {}
+  async ensure(): Promise<void> {}
+
+  async check(): Promise<StructureCheck> {
+    return { intact: true, droppedPackets: null };
+  }
+
+  add(net: Network, timeoutMs: number, replace: boolean): void {
+    this.queue.add(net, timeoutMs, replace);
+  }
+
+  delete(net: Network): void {
+    this.queue.delete(net);
+  }
+
+  pending(): number {
+    return this.queue.size;
+  }
+
+  async commit(): Promise<CommitResult> {
+    const ops = this.queue.drain();
+    const now = Date.now();
+    for (const op of ops) {
+      if (op.kind === 'add') this.elements.set(op.net.text, { net: op.net, expiresAt: now + op.timeoutMs });
+      else this.elements.delete(op.net.text);
+    }
+    return { applied: ops.length, failed: [] };
+  }
+
+  async list(): Promise<KernelEntry[]> {
+    const now = Date.now();
+    for (const [key, e] of this.elements) if (e.expiresAt !== null && e.expiresAt <= now) this.elements.delete(key);
+    return [...this.elements.values()];
+  }
+
+  async flush(): Promise<number> {
+    const count = (await this.list()).length;
+    this.elements.clear();
+    return count;
+  }
+}

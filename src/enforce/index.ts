@@ -1,0 +1,43 @@
+import { RatedError } from '../errors.js';
+import type { Config } from '../config/schema.js';
+import type { Backend, BackendKind } from './backend.js';
+import { DryRunBackend } from './dry-run.js';
+import { NftablesBackend } from './nftables.js';
+import type { Runner } from './run-command.js';
+
+export type { Backend, BackendKind, KernelEntry } from './backend.js';
+export { Blocker, viewBlock, type Block, type BlockView, type BlockRequest, type Source } from './blocker.js';
+export { createRunner, type Runner } from './run-command.js';
+
+/** Builds one backend of the given kind. */
+export function makeBackend(kind: Exclude<BackendKind, never>, firewall: Config['firewall'], run: Runner): Backend {
+  switch (kind) {
+    case 'nftables':
+      return new NftablesBackend(run, { table: firewall.table, hook: firewall.hook, priority: firewall.priority });
+    case 'dry-run':
+      return new DryRunBackend();
+    case 'ipset':
+    case 'iptables':
+      throw new RatedError('FIREWALL_UNUSABLE', `firewall.backend: ${kind} is not available in this version; use nftables or --dry-run`);
+  }
+}
+
+/**
+ * Picks the configured backend, or with `auto` the first usable one, and
+ * checks that it works here. Throws FIREWALL_UNUSABLE naming --dry-run.
+ */
+export async function selectBackend(firewall: Config['firewall'], run: Runner, dryRun: boolean): Promise<Backend> {
+  if (dryRun || firewall.backend === 'dry-run') return new DryRunBackend();
+  const candidates: BackendKind[] = firewall.backend === 'auto' ? ['nftables'] : [firewall.backend];
+  const reasons: string[] = [];
+  for (const kind of candidates) {
+    try {
+      const backend = makeBackend(kind, firewall, run);
+      await backend.probe();
+      return backend;
+    } catch (err) {
+      reasons.push(err instanceof Error ? err.message : String(err));
+    }
+  }
+  throw new RatedError('FIREWALL_UNUSABLE', `no usable firewall backend (${reasons.join('; ')}); run as root, or try the rules with --dry-run`);
+}

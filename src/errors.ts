@@ -1,0 +1,44 @@
+/** Exit codes of the CLI (SPEC §2). */
+export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
+
+/** Error codes, each with the exit code it leads to. */
+const CODES = {
+  CONFIG: EXIT.usage,
+  USAGE: EXIT.usage,
+  FIREWALL_UNUSABLE: EXIT.runtime,
+  FIREWALL_FAILED: EXIT.runtime,
+  BIND_FAILED: EXIT.runtime,
+  DAEMON_UNREACHABLE: EXIT.runtime,
+  ALREADY_RUNNING: EXIT.runtime,
+  REFUSED: EXIT.runtime,
+  NOT_FOUND: EXIT.runtime,
+} as const;
+
+export type ErrorCode = keyof typeof CODES;
+
+/** The base error of rated: a stable code, a one-line message, an exit code. */
+export class RatedError extends Error {
+  readonly code: ErrorCode;
+  readonly exitCode: number;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RatedError';
+    this.code = code;
+    this.exitCode = CODES[code];
+  }
+}
+
+/** A configuration error: names the key path, what was expected and what was received. */
+export function configError(path: string, message: string): RatedError {
+  return new RatedError('CONFIG', path ? `${path}: ${message}` : message);
+}
+
+/** The first line of an error's message and causes, for logs and one-line CLI output. */
+export function describe(err: unknown): string {
+  if (err instanceof Error) {
+    const first = (err.message || err.name).split('\n')[0] ?? '';
+    return first.trim();
+  }
+  return String(err);
+}

@@ -1,0 +1,186 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { timingSafeEqual } from 'node:crypto';
+import { parseAddress } from '../address.js';
+import { RatedError } from '../errors.js';
+import { RateLimitedLog, type Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { boundField, parseMethod, parseStatus, type HitSink } from './hit.js';
+
+export interface HttpReceiverOptions {
+  readonly address: string;
+  readonly port: number;
+  /** Header carrying the client address (X-IP). */
+  readonly header: string;
+  /** When set, every notification must carry it in X-Rated-Token. */
+  readonly token: string | null;
+  readonly sink: HitSink;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+const RECEIVER = 'http';
+/** Largest body a notification may declare; nginx sends none. */
+const MAX_BODY = 4096;
+
+// Limits that cut slow or oversized requests off quickly (HARDENING §4 rows 31-39).
+const SERVER_OPTIONS = {
+  maxHeaderSize: 8192,
+  requestTimeout: 5000,
+  headersTimeout: 5000,
+  // Longer than nginx's upstream keepalive_timeout (60s), so nginx closes idle connections first.
+  keepAliveTimeout: 75_000,
+  connectionsCheckingInterval: 1000,
+  insecureHTTPParser: false,
+};
+
+/** The HTTP receiver for nginx `post_action` notifications. */
+export class HttpReceiver {
+  private readonly server: Server;
+  private readonly headerName: string;
+  private readonly token: Buffer | null;
+  private readonly trusted = new WeakSet<Socket>();
+  private readonly warn: RateLimitedLog;
+
+  constructor(private readonly options: HttpReceiverOptions) {
+    this.headerName = options.header.toLowerCase();
+    this.token = options.token === null ? null : Buffer.from(options.token);
+    this.warn = new RateLimitedLog(options.log);
+    this.server = createServer(SERVER_OPTIONS, (req, res) => this.handle(req, res));
+    this.server.maxConnections = 4096;
+    this.server.on('connection', (socket: Socket) => {
+      if (isLoopback(socket.remoteAddress)) this.trusted.add(socket);
+    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      const code = err.code ?? 'unknown';
+      const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      this.reject(code === 'ECONNRESET' ? 'reset' : status === 431 ? 'too-large' : status === 408 ? 'timeout' : 'malformed', undefined);
+      if (socket.writable && code !== 'ECONNRESET') {
+        socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      }
+      socket.destroySoon();
+    });
+  }
+
+  /** Starts listening; throws a RatedError (BIND_FAILED) with the cause. */
+  async listen(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(new RatedError('BIND_FAILED', `receivers.http: cannot listen on ${this.options.address}:${this.options.port}: ${err.code ?? err.message}`));
+      };
+      this.server.once('error', onError);
+      this.server.listen(this.options.port, this.options.address, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+    });
+  }
+
+  /** The address actually bound, e.g. `127.0.0.1:8080`. */
+  get endpoint(): string {
+    const a = this.server.address();
+    return a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : '';
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    res.sendDate = false;
+    const method = req.method;
+    if (method !== 'GET' && method !== 'HEAD' && method !== 'POST') return this.answer(res, 405, 'method', undefined);
+    if (this.token === null && !this.trusted.has(req.socket)) return this.answer(res, 403, 'peer', req.socket.remoteAddress);
+
+    // One pass over the raw headers: repeated X-IP headers must be seen, not joined.
+    const raw = req.rawHeaders;
+    let ip: string | undefined;
+    let ipCount = 0;
+    let xMethod: string | undefined;
+    let xStatus: string | undefined;
+    let xHost: string | undefined;
+    let xUri: string | undefined;
+    let token: string | undefined;
+    let body = false;
+    let bodyLength = 0;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = (raw[i] as string).toLowerCase();
+      const value = raw[i + 1] as string;
+      if (name === this.headerName) {
+        ip = value;
+        ipCount++;
+      } else if (name.charCodeAt(0) === 120 /* x */) {
+        if (name === 'x-method') xMethod = value;
+        else if (name === 'x-status') xStatus = value;
+        else if (name === 'x-host') xHost = value;
+        else if (name === 'x-uri') xUri = value;
+        else if (name === 'x-rated-token') token = value;
+      } else if (name === 'content-length') {
+        body = true;
+        bodyLength = Number(value);
+      } else if (name === 'transfer-encoding') {
+        body = true;
+        bodyLength = Infinity;
+      }
+    }
+    if (body) {
+      // We never read a body: answer and close so nothing is left on the connection.
+      res.shouldKeepAlive = false;
+      if (!(bodyLength <= MAX_BODY)) return this.answer(res, 413, 'body', undefined);
+    }
+    if (this.token !== null && !this.tokenMatches(token)) return this.answer(res, 403, 'token', undefined);
+    if (ipCount > 1) return this.answer(res, 400, 'repeated-header', undefined);
+    if (ipCount === 0) {
+      // Compatibility with the 2014 tool: GET /<ip> without the header.
+      const url = req.url ?? '';
+      if (url.length < 2 || url.charCodeAt(0) !== 47 /* / */) return this.answer(res, 400, 'no-address', undefined);
+      ip = url.slice(1);
+    }
+    const text = ip as string;
+    if (text === 'unix:') {
+      this.options.metrics.ignored.inc(`${RECEIVER}\tunix-socket`);
+      return this.answer(res, 204, null, undefined);
+    }
+    const address = parseAddress(text);
+    if (address === null) return this.answer(res, 400, 'bad-address', text);
+    this.options.metrics.received.inc(RECEIVER);
+    const outcome = this.options.sink({
+      ip: address,
+      method: parseMethod(xMethod),
+      status: parseStatus(xStatus),
+      host: boundField(xHost, 256),
+      uri: boundField(xUri),
+      at: performance.now(),
+    });
+    if (outcome === 'allowed') this.options.metrics.ignored.inc(`${RECEIVER}\tallow-list`);
+    res.statusCode = 204;
+    res.end();
+  }
+
+  private tokenMatches(given: string | undefined): boolean {
+    if (given === undefined || this.token === null) return false;
+    const g = Buffer.from(given);
+    return g.length === this.token.length && timingSafeEqual(g, this.token);
+  }
+
+  private answer(res: ServerResponse, status: number, reason: string | null, value: string | undefined): void {
+    if (reason !== null) this.reject(reason, value);
+    res.statusCode = status;
+    if (status >= 400) res.shouldKeepAlive = res.shouldKeepAlive && status < 413;
+    res.end();
+  }
+
+  private reject(reason: string, value: string | undefined): void {
+    this.options.metrics.rejected.inc(`${RECEIVER}\t${reason}`);
+    this.warn.warn(`http:${reason}`, value === undefined ? { reason } : { reason, value: value.slice(0, 64) }, 'notification rejected');
+  }
+}
+
+function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
+}
