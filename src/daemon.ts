@@ -11,6 +11,8 @@ import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { Metrics } from './metrics.js';
 import { HttpReceiver } from './receive/http.js';
+import { Journal } from './state/journal.js';
+import { StateLock } from './state/lock.js';
 import { VERSION } from './version.js';
 
 export interface DaemonOptions {
@@ -40,6 +42,10 @@ export class Daemon implements ControlApi {
   private stopping: Promise<void> | null = null;
   private droppedPackets: number | null = null;
   private rates = { at: Date.now(), received: 0, perSecond: 0 };
+  private journal: Journal | null = null;
+  private lock: StateLock | null = null;
+  private saveTimer: NodeJS.Timeout | null = null;
+  private journalFailing = false;
 
   constructor(private readonly options: DaemonOptions) {
     this.config = options.config;
@@ -55,7 +61,12 @@ export class Daemon implements ControlApi {
   async start(): Promise<void> {
     const c = this.config;
     this.backend = await selectBackend(c.firewall, createRunner(), this.options.dryRun);
-    if (this.backend.kind !== 'dry-run') mkdirSync(c.state.dir, { recursive: true, mode: 0o750 });
+    if (this.backend.kind !== 'dry-run') {
+      mkdirSync(c.state.dir, { recursive: true, mode: 0o750 });
+      this.lock = new StateLock(c.state.dir);
+      this.lock.acquire();
+      this.journal = new Journal(c.state.dir);
+    }
     await this.backend.ensure();
     this.blocker = new Blocker({
       backend: this.backend,
@@ -63,6 +74,7 @@ export class Daemon implements ControlApi {
       log: this.log,
       metrics: this.stats,
       onLift: (net) => this.limiter.forget(net),
+      onChange: () => this.scheduleSave(),
     });
     this.limiter = new Limiter({
       rules: c.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })),
@@ -82,6 +94,7 @@ export class Daemon implements ControlApi {
         }
       },
     });
+    const restored = this.restoreJournal();
     const reconciled = await this.blocker.resync(true);
 
     const socket = this.options.socket ?? c.control.socket;
@@ -111,6 +124,7 @@ export class Daemon implements ControlApi {
       http: this.http?.endpoint ?? null,
       control: socket,
       rules: c.rules.map((r) => `${r.name}: ${r.limit}/${formatDuration(r.window)} → ${formatDuration(r.block)}`),
+      journal: restored,
       adopted: reconciled.adopted,
       restored: reconciled.added,
     }, `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
@@ -130,11 +144,72 @@ export class Daemon implements ControlApi {
           this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
         }
         await this.blocker.close();
+        this.saveNow();
       }
       await this.control?.close();
+      this.lock?.release();
       this.log.info({ blocks: this.blocker?.size ?? 0, kept: !this.config.firewall.flushOnExit }, 'rated stopped');
     })();
     return this.stopping;
+  }
+
+  /**
+   * Adopts the journal's unexpired blocks and offence history (SPEC §7); the
+   * resync that follows compares them with the kernel. Entries now covered by
+   * the allow list are dropped.
+   */
+  private restoreJournal(): { blocks: number; expired: number; refused: number } | null {
+    if (!this.journal) return null;
+    const loaded = this.journal.load();
+    if (loaded.movedAside) {
+      this.stats.errors.inc('journal');
+      this.log.error({ file: loaded.movedAside, err: loaded.error }, 'journal unreadable; moved it aside and starting from the kernel state');
+    }
+    const now = Date.now();
+    let expired = 0;
+    let refused = 0;
+    for (const block of loaded.blocks) {
+      if (block.expires !== null && block.expires <= now) expired++;
+      else if (this.allow.has(block.net)) refused++;
+      else this.blocker.adopt(block);
+    }
+    this.limiter.importOffences(loaded.offences);
+    return { blocks: loaded.blocks.length - expired - refused, expired, refused };
+  }
+
+  private scheduleSave(): void {
+    if (!this.journal || this.saveTimer) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = null;
+      this.saveNow();
+    }, 200);
+    this.saveTimer.unref();
+  }
+
+  /** Writes the journal; on failure keeps running on memory and the kernel, and says so once. */
+  private saveNow(): void {
+    if (this.saveTimer) {
+      clearTimeout(this.saveTimer);
+      this.saveTimer = null;
+    }
+    if (!this.journal) return;
+    try {
+      this.journal.save({ blocks: this.blocker.list(), offences: this.limiter.exportOffences() });
+      if (this.journalFailing) this.log.info({ file: this.journal.path }, 'journal written again');
+      this.journalFailing = false;
+    } catch (err) {
+      this.stats.errors.inc('journal');
+      if (!this.journalFailing) {
+        this.log.error({ file: this.journal.path, err: describe(err) }, 'cannot write the journal; blocks stay in memory and in the kernel');
+      }
+      this.journalFailing = true;
+      // Retry later: the next change, or this timer.
+      this.saveTimer = setTimeout(() => {
+        this.saveTimer = null;
+        this.saveNow();
+      }, 5000);
+      this.saveTimer.unref();
+    }
   }
 
   // ---- control API ----

@@ -1,6 +1,7 @@
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { callApi, apiError, DaemonDown, type ApiResponse } from '../control/client.js';
-import { createRunner, selectBackend, type Backend } from '../enforce/index.js';
+import { createRunner, selectBackend, type Backend, type Block } from '../enforce/index.js';
+import { Journal } from '../state/journal.js';
 
 /** Options every command accepts. */
 export interface GlobalArgs {
@@ -39,6 +40,19 @@ export async function daemonOrKernel<T>(
   const { config } = configOf(args);
   const backend = await selectBackend(config.firewall, createRunner(), false);
   return withoutDaemon(backend);
+}
+
+/**
+ * Removes blocks from the journal while the daemon is down, so that the next
+ * start does not put back what the operator lifted.
+ */
+export function forgetInJournal(args: GlobalArgs, drop: (b: Block) => boolean): number {
+  const journal = new Journal(configOf(args).config.state.dir);
+  const state = journal.load();
+  const kept = state.blocks.filter((b) => !drop(b));
+  const removed = state.blocks.length - kept.length;
+  if (removed > 0) journal.save({ blocks: kept, offences: state.offences });
+  return removed;
 }
 
 /** Writes one line to stdout. */

@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline/promises';
 import { parseBlockTarget } from '../../daemon.js';
 import { RatedError } from '../../errors.js';
 import type { BlockView } from '../../enforce/index.js';
-import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
+import { api, daemonOrKernel, forgetInJournal, out, type GlobalArgs } from '../context.js';
 import { blocksTable } from '../format.js';
 
 /** `rated list`: active blocks, from the daemon or, when it is down, from the kernel. */
@@ -42,8 +42,9 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
       }
     },
     async (backend) => {
+      const inJournal = forgetInJournal(args, (b) => b.net.text === net.text) > 0;
       const present = (await backend.list()).some((e) => e.net.text === net.text);
-      if (!present) return null;
+      if (!present) return inJournal ? net.text : null;
       backend.delete(net);
       const result = await backend.commit();
       if (result.failed.length > 0) throw new RatedError('FIREWALL_FAILED', `cannot remove ${net.text}: ${result.failed[0]?.error ?? ''}`);
@@ -66,7 +67,10 @@ export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void>
   const lifted = await daemonOrKernel<number>(
     args,
     async () => ((await api(args, 'DELETE', '/blocks')).body as { lifted: number }).lifted,
-    async (backend) => backend.flush(),
+    async (backend) => {
+      forgetInJournal(args, () => true);
+      return backend.flush();
+    },
   );
   out(`lifted ${lifted} block${lifted === 1 ? '' : 's'}`);
 }
