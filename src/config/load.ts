@@ -54,7 +54,8 @@ export function parseConfigText(text: string, file: string): Config {
 
 /** Validates a plain object against the schema, adds the checks the schema cannot express, and freezes it. */
 export function parseConfig(raw: unknown): Config {
-  const result = configSchema.safeParse(raw);
+  // zod leaves issue.input out unless asked; the messages show what was received.
+  const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
     const issue = result.error.issues[0];
     if (issue) throw configError(formatPath(issuePath(issue)), issueMessage(issue));

@@ -14,6 +14,8 @@ export interface NftOptions {
 }
 
 export const CHAIN = 'block';
+/** How nft reports a delete of an absent element (userspace check for interval sets, ENOENT from the kernel). */
+const ABSENT = /element does not exist|No such file or directory/;
 const SETS = { 4: 'v4', 6: 'v6' } as const;
 
 type Json = Record<string, unknown>;
@@ -60,21 +62,20 @@ export function renderStructure(o: NftOptions, recreateChain: boolean): Json {
 }
 
 /**
- * Renders a batch of changes. An add of an element that may already be
- * present is add + delete + add in one transaction, so its timeout is renewed
- * on every kernel; a delete is add + delete, so deleting an element that has
- * already expired is not an error.
+ * Renders a batch of changes. A renewal (an add of an element that may
+ * already be present) is delete + add in one transaction, so its timeout is
+ * renewed on every kernel. No placeholder add precedes a delete: nft 1.0.6
+ * keeps a re-added existing element twice in its interval cache, and the
+ * copy left after the delete makes an overlapping add in the same batch
+ * fail ("interval overlaps"). A delete or renewal of an element that is
+ * already gone is handled in `commit` instead.
  */
 export function renderOps(o: NftOptions, ops: readonly Op[]): Json {
   const commands: Json[] = [];
   for (const op of ops) {
     const value = elementValue(op.net);
-    const placeholder = { add: element(o, op.net, [{ elem: { val: value, timeout: 1 } }]) };
-    const remove = { delete: element(o, op.net, [value]) };
-    if (op.kind === 'delete') {
-      commands.push(placeholder, remove);
-    } else {
-      if (op.replace) commands.push(placeholder, remove);
+    if (op.kind === 'delete' || op.replace) commands.push({ delete: element(o, op.net, [value]) });
+    if (op.kind === 'add') {
       commands.push({ add: element(o, op.net, [{ elem: { val: value, timeout: timeoutSeconds(op.timeoutMs) } }]) });
     }
   }
@@ -156,9 +157,18 @@ export class NftablesBackend implements Backend {
 
   async commit(): Promise<CommitResult> {
     const ops = this.queue.drain();
-    return applyBisecting(ops, async (batch) => {
+    const apply = async (batch: readonly Op[]): Promise<string | null> => {
       const result = await this.run('nft', ['-j', '-f', '-'], JSON.stringify(renderOps(this.options, batch)));
       return result.exitCode === 0 ? null : firstLine(result.stderr) || `nft exited with ${result.exitCode}`;
+    };
+    return applyBisecting(ops, async (batch) => {
+      const error = await apply(batch);
+      const op = batch[0];
+      if (error === null || batch.length !== 1 || op === undefined || !ABSENT.test(error)) return error;
+      // The element is already gone (expired in the kernel): the delete is
+      // done, and a renewal becomes a plain add.
+      if (op.kind === 'delete') return null;
+      return op.replace ? apply([{ ...op, replace: false }]) : error;
     });
   }
 

@@ -1,3 +1,6 @@
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { execa } from 'execa';
 
 /** The result of one firewall command. */
@@ -28,9 +31,11 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
   const timeoutMs = options.timeoutMs ?? 10_000;
   return async (file, args, input) => {
     const [cmd, ...rest] = prefix.length > 0 ? [...prefix, file, ...args] : [file, ...args];
+    const stdin = input ? await inputFile(input) : null;
     try {
       const result = await execa(cmd ?? file, rest, {
-        input: input ?? '',
+        // execa's types name only descriptors 0-9; any open descriptor works.
+        ...(stdin ? { stdin: stdin.fd as 0 } : { input: '' }),
         reject: false,
         shell: false,
         timeout: timeoutMs,
@@ -50,6 +55,24 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
     } catch (err) {
       if (err instanceof CommandError) throw err;
       throw new CommandError(file, `${file}: ${(err as Error).message}`, false, { cause: err });
+    } finally {
+      await stdin?.close();
     }
   };
+}
+
+/**
+ * Puts a stdin script in an unlinked private file and returns it open for
+ * reading. A pipe from Node is a socket, and `nft -f -` opens /dev/stdin,
+ * which fails on a socket with ENXIO; a regular file works with every tool.
+ */
+async function inputFile(input: string) {
+  const dir = await mkdtemp(join(tmpdir(), 'rated-'));
+  try {
+    const path = join(dir, 'input');
+    await writeFile(path, input, { mode: 0o600, flag: 'wx' });
+    return await open(path, 'r');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

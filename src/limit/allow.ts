@@ -1,0 +1,85 @@
+import { networkInterfaces } from 'node:os';
+import { parseAddress, parseNetwork, type Network } from '../address.js';
+import { configError } from '../errors.js';
+
+interface Range<T> {
+  readonly first: T;
+  readonly last: T;
+}
+
+/** Addresses and networks that are never counted and never blocked. */
+export class AllowList {
+  /** The entries, in canonical form, without duplicates. */
+  readonly entries: readonly Network[];
+  // Kept as first/last address so a lookup is a few comparisons per entry,
+  // with IPv4 on plain numbers rather than BigInt.
+  private readonly v4: readonly Range<number>[];
+  private readonly v6: readonly Range<bigint>[];
+
+  constructor(entries: readonly Network[]) {
+    const seen = new Map<string, Network>();
+    for (const n of entries) seen.set(n.text, n);
+    this.entries = Object.freeze([...seen.values()]);
+    this.v4 = this.entries.filter((n) => n.family === 4).map(rangeV4);
+    this.v6 = this.entries.filter((n) => n.family === 6).map(rangeV6);
+  }
+
+  /** Builds the list from `allow` entries, plus this host's own addresses when `allowSelf`; throws a CONFIG error naming a bad entry. */
+  static fromConfig(entries: readonly string[], allowSelf: boolean): AllowList {
+    const nets: Network[] = [];
+    entries.forEach((entry, i) => {
+      const n = parseNetwork(entry);
+      if (n === null) throw configError(`allow[${i}]`, `expected an IP address or CIDR network, got ${JSON.stringify(entry)}`);
+      nets.push(n);
+    });
+    if (allowSelf) nets.push(...ownAddresses());
+    return new AllowList(nets);
+  }
+
+  /** True when `n` (an address or a network) shares any address with an entry, so blocking it could hit an allowed client. */
+  has(n: Network): boolean {
+    // Prefixes either nest or are disjoint, so overlapping ranges mean one contains the other.
+    if (n.family === 4) {
+      const size = 2 ** (32 - n.prefix);
+      const value = Number(n.value);
+      const first = value - (value % size);
+      const last = first + size - 1;
+      for (const r of this.v4) if (r.first <= last && first <= r.last) return true;
+      return false;
+    }
+    const { first, last } = rangeV6(n);
+    for (const r of this.v6) if (r.first <= last && first <= r.last) return true;
+    return false;
+  }
+}
+
+function rangeV4(n: Network): Range<number> {
+  const size = 2 ** (32 - n.prefix);
+  const value = Number(n.value);
+  const first = value - (value % size);
+  return { first, last: first + size - 1 };
+}
+
+function rangeV6(n: Network): Range<bigint> {
+  const hostBits = BigInt(128 - n.prefix);
+  const first = (n.value >> hostBits) << hostBits;
+  return { first, last: first | ((1n << hostBits) - 1n) };
+}
+
+/** Every address of this host's interfaces, one by one, plus loopback. */
+function ownAddresses(): Network[] {
+  // Loopback is this host even where lo carries no address yet (a fresh
+  // network namespace, IPv6 disabled at runtime): never let it be blocked.
+  const out: Network[] = [];
+  for (const text of ['127.0.0.1', '::1']) {
+    const n = parseAddress(text);
+    if (n) out.push(n);
+  }
+  for (const list of Object.values(networkInterfaces())) {
+    for (const info of list ?? []) {
+      const n = parseAddress(info.address);
+      if (n) out.push(n);
+    }
+  }
+  return out;
+}
