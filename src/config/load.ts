@@ -57,7 +57,9 @@ export function parseConfig(raw: unknown): Config {
   // zod leaves issue.input out unless asked; the messages show what was received.
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
-    const issue = result.error.issues[0];
+    // An unknown key is usually a misspelt one: name it before the missing key it causes.
+    const issues = result.error.issues;
+    const issue = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0];
     if (issue) throw configError(formatPath(issuePath(issue)), issueMessage(issue));
     throw configError('', 'invalid configuration');
   }
