@@ -6,7 +6,7 @@ import { ControlServer } from './control/server.js';
 import { formatDuration, parseDuration } from './duration.js';
 import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type BlockView } from './enforce/index.js';
 import { describe, RatedError } from './errors.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogger, RateLimitedLog, type Logger } from './log.js';
 import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { Metrics } from './metrics.js';
@@ -46,10 +46,12 @@ export class Daemon implements ControlApi {
   private lock: StateLock | null = null;
   private saveTimer: NodeJS.Timeout | null = null;
   private journalFailing = false;
+  private readonly refusals: RateLimitedLog;
 
   constructor(private readonly options: DaemonOptions) {
     this.config = options.config;
     this.log = options.log ?? createLogger(this.config.log.level);
+    this.refusals = new RateLimitedLog(this.log);
     this.allow = AllowList.fromConfig([...this.config.allow], this.config.allowSelf);
     this.stats = new Metrics({
       activeBlocks: () => this.blocker.size,
@@ -90,7 +92,7 @@ export class Daemon implements ControlApi {
             reason: v.reason, hits: v.hits, windowMs: v.windowMs,
           });
         } catch (err) {
-          this.log.warn({ ip: v.client.text, err: describe(err) }, 'block refused');
+          this.refusals.warn('block refused', { ip: v.client.text, err: describe(err) }, 'block refused');
         }
       },
     });

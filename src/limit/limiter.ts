@@ -127,7 +127,10 @@ export class Limiter {
    */
   record(hit: Hit): RecordOutcome {
     if (this.allow.has(hit.ip)) return 'allowed';
-    const client = clientOf(hit.ip, this.ipv6Prefix);
+    let client = clientOf(hit.ip, this.ipv6Prefix);
+    // An IPv6 network that holds an allowed address (this host's own /64, say)
+    // is never blocked as a whole: its clients are counted one address each.
+    if (client !== hit.ip && this.allow.has(client)) client = hit.ip;
     if (this.isBlocked(client)) return 'blocked-already';
     const rules = this.rules;
     let base = -1;
@@ -156,9 +159,11 @@ export class Limiter {
   forget(target: Network): void {
     const clientPrefix = target.family === 4 ? 32 : this.ipv6Prefix;
     if (target.prefix >= clientPrefix) {
-      const key = toNetwork(target, clientPrefix).text;
-      this.clients.delete(key);
-      this.offences.delete(key);
+      // An address may be counted on its own (see record) or under its network.
+      for (const key of new Set([target.text, toNetwork(target, clientPrefix).text])) {
+        this.clients.delete(key);
+        this.offences.delete(key);
+      }
       return;
     }
     // A network wider than one client: rare (unblock of a range), so a scan will do.

@@ -125,6 +125,20 @@ test('IPv6 addresses of one /64 add up to one client', () => {
   assert.equal(nth(verdicts, 0).hits, 4);
 });
 
+test('in a /64 that holds an allowed address, IPv6 clients are counted and blocked one address each', () => {
+  const { limiter, verdicts, hits } = setup({ allow: new AllowList([net('2001:db8:5:5::1')]) });
+  assert.equal(limiter.record({ ip: addr('2001:db8:5:5::1'), at: 0 }), 'allowed');
+  hits('2001:db8:5:5::2', 3);
+  hits('2001:db8:5:5::3', 3);
+  assert.equal(verdicts.length, 0, 'neighbours in the /64 are separate clients');
+  hits('2001:db8:5:5::2', 1);
+  assert.equal(verdicts.length, 1);
+  assert.equal(nth(verdicts, 0).client.text, '2001:db8:5:5::2');
+  assert.equal(nth(verdicts, 0).client.prefix, 128);
+  limiter.forget(addr('2001:db8:5:5::3'));
+  assert.equal(limiter.tracked(), 0, 'forgetting the address forgets its own counters');
+});
+
 test('ipv6Prefix sets how IPv6 clients are grouped', () => {
   const wide = setup({ ipv6Prefix: 48 });
   for (const a of ['2001:db8:1:1::1', '2001:db8:1:2::1', '2001:db8:1:ffff::1', '2001:db8:1:3::9']) wide.hit(a);
