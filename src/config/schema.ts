@@ -26,7 +26,9 @@ function checked(ok: (s: string) => boolean, expected: string) {
 
 const network = checked((s) => parseNetwork(s) !== null, 'an IP address or CIDR network');
 const port = z.number().int().min(1).max(65535);
+// The unspecified addresses are no client but are fine to listen on (every interface).
 const host = checked((s) => {
+  if (s === '0.0.0.0' || s === '::') return true;
   const n = parseNetwork(s);
   return n !== null && n.prefix === (n.family === 4 ? 32 : 128) && !s.includes('/');
 }, 'an IP address to listen on');

@@ -98,3 +98,11 @@ test('search order: --config, then $RATED_CONFIG, then the embedded defaults', (
   const fallback = loadConfig(undefined, {});
   assert.ok(fallback.source === EMBEDDED || fallback.source === '/etc/rated/rated.yml');
 });
+
+test('the HTTP receiver may listen on every interface, with a token', () => {
+  for (const address of ['0.0.0.0', '::', '192.0.2.10']) {
+    const c = parseConfig({ receivers: { http: { address, token: 'a-long-enough-token' } } });
+    assert.equal(c.receivers.http?.address, address);
+    assert.throws(() => parseConfig({ receivers: { http: { address } } }), /receivers\.http\.token: required/);
+  }
+});
