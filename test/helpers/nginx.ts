@@ -12,8 +12,10 @@ export const NGINX = '/usr/sbin/nginx';
 export interface NginxOptions {
   /** Network namespace nginx runs in; rated's receiver listens in the same one. */
   readonly namespace: Namespace;
-  /** Port of rated's HTTP receiver on 127.0.0.1 inside the namespace. */
+  /** Port of rated's HTTP receiver on 127.0.0.1 inside the namespace (the `post_action` input). */
   readonly ratedPort: number;
+  /** How nginx tells rated of requests: `post_action` to ratedPort (default), syslog over UDP, or an access log file. */
+  readonly input?: NginxInput;
   /** Port nginx serves on, on every IPv4 and IPv6 address of the namespace (default 80). */
   readonly port?: number;
   /** Body of the static file served at `/` and `/index.html`. */
@@ -21,6 +23,17 @@ export interface NginxOptions {
   /** How long to wait for nginx to answer before giving up (default 10 s). */
   readonly startTimeoutMs?: number;
 }
+
+/**
+ * The nginx side of each input, as the README shows it: `post_action` to the
+ * HTTP receiver; `access_log syslog:` in the `rated` format to the UDP
+ * receiver; or an access log file (`combined` unless said otherwise, with
+ * `buffer=`/`flush=` when given) that the file receiver follows.
+ */
+export type NginxInput =
+  | { readonly kind: 'http' }
+  | { readonly kind: 'udp'; readonly port: number }
+  | { readonly kind: 'file'; readonly path: string; readonly format?: 'combined' | 'rated'; readonly buffer?: string; readonly flush?: string };
 
 /** A running nginx; `stop()` must be called in an after hook. */
 export interface Nginx {
@@ -43,8 +56,28 @@ export interface Nginx {
  * foreground, and the post_action snippet of SPEC §4 verbatim, so the test
  * exercises exactly what the README tells users to write.
  */
-export function renderNginxConf(prefix: string, port: number, ratedPort: number): string {
+export function renderNginxConf(prefix: string, port: number, ratedPort: number, input: NginxInput = { kind: 'http' }): string {
   const p = (name: string): string => join(prefix, name);
+  const location = input.kind === 'http'
+    ? `location / { post_action @rated; index index.html; }
+        location @rated {
+            internal;
+            proxy_pass http://rated;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_pass_request_headers off;
+            proxy_set_header X-IP $remote_addr;
+            proxy_set_header X-Method $request_method;
+            proxy_set_header X-Status $status;
+            proxy_set_header X-Host $host;
+            proxy_set_header X-URI $request_uri;
+        }`
+    : input.kind === 'udp'
+      ? `location / { index index.html; }
+        access_log syslog:server=127.0.0.1:${input.port} rated;`
+      : `location / { index index.html; }
+        access_log ${input.path} ${input.format ?? 'combined'}${input.buffer ? ` buffer=${input.buffer}` : ''}${input.flush ? ` flush=${input.flush}` : ''};`;
   return `# rendered by test/helpers/nginx.ts
 daemon off;
 master_process on;
@@ -67,6 +100,7 @@ http {
     default_type text/plain;
     keepalive_timeout 5s;
 
+    log_format rated '$remote_addr $request_method $status $host $request_uri';
     upstream rated { server 127.0.0.1:${ratedPort}; keepalive 16; }
 
     server {
@@ -75,20 +109,7 @@ http {
         server_name _;
         root ${p('html')};
 
-        location / { post_action @rated; index index.html; }
-        location @rated {
-            internal;
-            proxy_pass http://rated;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_pass_request_headers off;
-            proxy_set_header X-IP $remote_addr;
-            proxy_set_header X-Method $request_method;
-            proxy_set_header X-Status $status;
-            proxy_set_header X-Host $host;
-            proxy_set_header X-URI $request_uri;
-        }
+        ${location}
     }
 }
 `;
@@ -106,7 +127,7 @@ export async function startNginx(options: NginxOptions): Promise<Nginx> {
   chmodSync(prefix, 0o755);
   for (const dir of ['logs', 'tmp', 'html']) mkdirSync(join(prefix, dir), { mode: 0o755 });
   writeFileSync(join(prefix, 'html', 'index.html'), options.body ?? 'hello from nginx\n', { mode: 0o644 });
-  const conf = renderNginxConf(prefix, port, options.ratedPort);
+  const conf = renderNginxConf(prefix, port, options.ratedPort, options.input);
   const confPath = join(prefix, 'nginx.conf');
   writeFileSync(confPath, conf);
 

@@ -1,0 +1,156 @@
+import { clientOf } from './address.js';
+import type { Config } from './config/schema.js';
+import { AllowList } from './limit/allow.js';
+import { Limiter } from './limit/limiter.js';
+import { LineParser } from './receive/line.js';
+
+/** One block that the daemon would have decided, on the log's own clock. */
+export interface ReplayBlock {
+  /** The client as it would be blocked: an IPv4 address or an IPv6 `/ipv6Prefix` network. */
+  readonly ip: string;
+  readonly rule: string;
+  readonly reason: string;
+  readonly hits: number;
+  /** Log time of the line that crossed the limit, ms since the epoch. */
+  readonly since: number;
+  readonly expires: number;
+  /** The block's length, escalated for repeat offenders. */
+  readonly durationMs: number;
+  /** 1 for a first offence, 2 for the second within escalation memory, … */
+  readonly offence: number;
+  /** Where the line that crossed the limit is: the log as named on the command line, and its line number. */
+  readonly file: string;
+  readonly line: number;
+}
+
+/** What a replay read and decided, apart from the blocks. */
+export interface ReplaySummary {
+  /** Lines read, including rejected ones. */
+  lines: number;
+  rejected: number;
+  /** Rejected lines per reason (bad-address, no-time, …). */
+  readonly rejectedByReason: Record<string, number>;
+  /** Lines of allow-listed clients and of unix-socket clients: read, never counted. */
+  ignored: number;
+  /** Distinct clients (IPv6 per `/ipv6Prefix`) among the lines read. */
+  clients: number;
+  blocks: number;
+  /** Distinct clients blocked at least once. */
+  blockedClients: number;
+  /** Verdicts refused because the client's network overlaps the allow list, as the blocker would. */
+  refused: number;
+  /** Lines whose time is more than a minute before a line read earlier (logs given out of order). */
+  outOfOrder: number;
+  /** Log time of the first and last line counted, ms since the epoch; null when none. */
+  from: number | null;
+  to: number | null;
+}
+
+export interface ReplayOptions {
+  readonly config: Config;
+  /** A regex with named groups ip and time; null for nginx's combined format. */
+  readonly pattern: string | null;
+  /**
+   * Also spare this host's own addresses (allowSelf). Off by default: logs
+   * are often replayed on another machine, whose addresses say nothing about
+   * the web server's.
+   */
+  readonly allowSelf?: boolean;
+}
+
+/** How far back a line's time may go before it counts as out of order. */
+const DISORDER_MS = 60_000;
+
+/**
+ * Runs access-log lines through the configured rules on the log's own
+ * timestamps. It uses the daemon's Limiter with the same options; the
+ * blocker is simulated (a blocked client's hits are not counted until its
+ * block ends on the log's clock, allow-listed networks are refused), and
+ * nothing touches the firewall.
+ */
+export class Replay {
+  readonly blocks: ReplayBlock[] = [];
+  readonly summary: ReplaySummary = {
+    lines: 0, rejected: 0, rejectedByReason: {}, ignored: 0, clients: 0, blocks: 0, blockedClients: 0,
+    refused: 0, outOfOrder: 0, from: null, to: null,
+  };
+  private readonly parser: LineParser;
+  private readonly limiter: Limiter;
+  private readonly allow: AllowList;
+  private readonly ipv6Prefix: number;
+  /** Block end per client on the log's clock. */
+  private readonly active = new Map<string, number>();
+  private readonly seen = new Set<string>();
+  private readonly blocked = new Set<string>();
+  /** The log's clock: the latest time read so far, so it never runs backwards, like the daemon's. */
+  private clock = -Infinity;
+  private where = { file: '', line: 0 };
+
+  constructor(options: ReplayOptions) {
+    const c = options.config;
+    this.parser = new LineParser({ pattern: options.pattern, time: true });
+    this.allow = AllowList.fromConfig([...c.allow], options.allowSelf === true);
+    this.ipv6Prefix = c.ipv6Prefix;
+    // The same options the daemon gives its Limiter (daemon.ts).
+    this.limiter = new Limiter({
+      rules: c.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })),
+      allow: this.allow,
+      ipv6Prefix: c.ipv6Prefix,
+      maxClients: c.tracking.maxClients,
+      escalation: { factor: c.escalation.factor, maxMs: c.escalation.max, memoryMs: c.escalation.memory },
+      isBlocked: (client) => (this.active.get(client.text) ?? -Infinity) > this.clock,
+      onVerdict: (v) => {
+        if (this.allow.has(v.client)) {
+          this.summary.refused++;
+          return;
+        }
+        const since = this.clock;
+        this.active.set(v.client.text, since + v.blockMs);
+        this.blocked.add(v.client.text);
+        this.blocks.push({
+          ip: v.client.text, rule: v.rule, reason: v.reason, hits: v.hits, since, expires: since + v.blockMs,
+          durationMs: v.blockMs, offence: v.offence.count, file: this.where.file, line: this.where.line,
+        });
+      },
+      now: () => this.clock,
+    });
+  }
+
+  /** One log line; `file` and `line` say where it is, for the blocks it leads to. */
+  line(text: string, file: string, line: number): void {
+    const s = this.summary;
+    s.lines++;
+    const r = this.parser.parse(text);
+    if (r.kind === 'rejected') {
+      s.rejected++;
+      s.rejectedByReason[r.reason] = (s.rejectedByReason[r.reason] ?? 0) + 1;
+      return;
+    }
+    if (r.kind === 'ignored') {
+      s.ignored++;
+      return;
+    }
+    const hit = r.line;
+    if (hit.time < this.clock - DISORDER_MS) s.outOfOrder++;
+    if (hit.time > this.clock) this.clock = hit.time;
+    s.from ??= hit.time;
+    s.to = this.clock;
+    this.seen.add(clientOf(hit.ip, this.ipv6Prefix).text);
+    this.where = { file, line };
+    const outcome = this.limiter.record({ ip: hit.ip, method: hit.method, status: hit.status, host: hit.host, uri: hit.uri, at: this.clock });
+    if (outcome === 'allowed') s.ignored++;
+    if (this.active.size > 100_000) this.prune();
+  }
+
+  /** Finishes the counts of the summary. */
+  finish(): { blocks: ReplayBlock[]; summary: ReplaySummary } {
+    this.summary.clients = this.seen.size;
+    this.summary.blocks = this.blocks.length;
+    this.summary.blockedClients = this.blocked.size;
+    return { blocks: this.blocks, summary: this.summary };
+  }
+
+  private prune(): void {
+    for (const [key, end] of this.active) if (end <= this.clock) this.active.delete(key);
+  }
+}
