@@ -32,6 +32,8 @@ export interface Backend {
   readonly kind: BackendKind;
   /** True when the kernel lifts a block at its timeout by itself (sets with timeouts). */
   readonly expiresInKernel: boolean;
+  /** The longest timeout the kernel accepts, when it has a limit; a longer block is renewed before it runs out. */
+  readonly maxTimeoutMs?: number;
   /** Throws a RatedError (FIREWALL_UNUSABLE) saying why this backend cannot work here. */
   probe(): Promise<void>;
   /** Creates our table, sets and chain when missing; idempotent. */

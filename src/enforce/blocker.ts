@@ -44,7 +44,10 @@ export interface BlockRequest {
 export type BlockOutcome = 'added' | 'extended' | 'unchanged';
 
 /** Why a block ended. */
-export type LiftCause = 'expired' | 'unblock' | 'flush';
+export type LiftCause = 'expired' | 'unblock' | 'flush' | 'refused';
+
+/** A block the firewall refused this many times in a row is given up, never retried forever (a poison element, a full set). */
+export const REFUSALS_BEFORE_GIVING_UP = 3;
 
 export interface BlockerOptions {
   readonly backend: Backend;
@@ -58,6 +61,17 @@ export interface BlockerOptions {
   /** Called when a block is lifted by an operator (the limiter forgets the client). */
   readonly onLift?: (net: Network, cause: LiftCause) => void;
   readonly now?: () => number;
+  /**
+   * The system clock backends read kernel expiry against (Date.now), given
+   * when `now` is a steady clock (clock.ts): the two part at a clock step,
+   * and kernel times are then moved onto `now` before they are compared.
+   */
+  readonly systemNow?: () => number;
+  /**
+   * How long an adopted kernel entry stays blocked when the kernel keeps no
+   * expiry for it (iptables rules); without it such a block never ends.
+   */
+  readonly reconciledBlockMs?: number;
 }
 
 /** Renders a block as SPEC §6 JSON. */
@@ -76,8 +90,9 @@ export function viewBlock(b: Block): BlockView {
 /**
  * Owns the active blocks: decides what the kernel must hold, applies,
  * extends and lifts blocks in batches, and repairs the kernel when it
- * disagrees. Every block is also an element with a kernel timeout, so a dead
- * daemon never leaves a permanent block behind.
+ * disagrees. With set backends every block is also an element with a kernel
+ * timeout, so a dead daemon never leaves a permanent block behind; without
+ * them (iptables) the sweep deletes the rules of blocks whose time is up.
  *
  * Blocks may nest (a manual /24 around a blocked address, a /64 around a
  * manual IPv6 address). Interval sets refuse overlapping elements, so only
@@ -88,6 +103,8 @@ export class Blocker {
   private readonly blocks = new Map<string, Block>();
   /** Blocks per `family/prefix`, to find nesting without scanning every block. */
   private readonly byLength = new Map<string, Set<Block>>();
+  /** Refusals in a row of blocks the kernel would not take. */
+  private readonly refusals = new Map<string, number>();
   private readonly backend: Backend;
   private readonly log: Logger;
   private readonly warn: RateLimitedLog;
@@ -99,6 +116,19 @@ export class Blocker {
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Set when a commit could not run; the next repair reapplies everything. */
   private dirty = false;
+  /**
+   * Blocks made, extended or lifted while a resync reads the kernel: what it
+   * reads is stale for them, and their own changes are queued or on their way.
+   */
+  private changedDuringList: Set<string> | null = null;
+  /** Runs flush, resync and repair one at a time, so none acts on a listing another made stale. */
+  private exclusive: Promise<unknown> = Promise.resolve();
+  /**
+   * Blocks lifted at their expiry whose elements the kernel may hold a moment
+   * longer (timeouts are whole seconds): net → until when. A resync must not
+   * adopt those leftovers as new blocks.
+   */
+  private readonly expiring = new Map<string, number>();
   private closed = false;
   readonly lastErrors: Array<{ at: string; error: string }> = [];
 
@@ -147,6 +177,7 @@ export class Blocker {
       existing.reason = req.reason ?? existing.reason;
       existing.hits = req.hits ?? existing.hits;
       existing.source = req.source;
+      this.changedDuringList?.add(existing.net.text);
       if (!this.coveredByOther(existing)) this.backend.add(existing.net, expires - now, true);
       this.logBlock(existing, req, 'extended');
       this.changed();
@@ -157,9 +188,15 @@ export class Blocker {
       since: now, expires, hits: req.hits ?? null,
     };
     this.insert(block);
+    this.changedDuringList?.add(block.net.text);
+    // The element of a block that just expired may still be in the kernel.
+    const mayBePresent = this.expiring.delete(block.net.text);
     if (!this.coveredByOther(block)) {
-      for (const inner of this.inside(block)) this.backend.delete(inner.net);
-      this.backend.add(block.net, req.durationMs, false);
+      for (const inner of this.inside(block)) {
+        this.changedDuringList?.add(inner.net.text);
+        this.backend.delete(inner.net);
+      }
+      this.backend.add(block.net, req.durationMs, mayBePresent);
     }
     this.metrics.blocks.inc(`${block.rule ?? ''}\t${block.source}`);
     this.logBlock(block, req, 'blocked');
@@ -177,15 +214,26 @@ export class Blocker {
   }
 
   /** Lifts every block we manage and empties our sets; returns how many blocks there were. */
-  async flush(): Promise<number> {
-    const all = [...this.blocks.values()];
-    this.blocks.clear();
-    this.byLength.clear();
-    for (const b of all) this.lifted(b, 'flush');
-    await this.settle();
-    const inKernel = await this.backend.flush();
-    this.changed();
-    return Math.max(all.length, inKernel);
+  flush(): Promise<number> {
+    return this.serialize(async () => {
+      const all = [...this.blocks.values()];
+      this.blocks.clear();
+      this.byLength.clear();
+      this.expiring.clear();
+      for (const b of all) {
+        this.changedDuringList?.add(b.net.text);
+        this.lifted(b, 'flush');
+      }
+      await this.settle();
+      const inKernel = await this.backend.flush();
+      // Blocks decided while the sets were being emptied may have been emptied with them.
+      const now = this.now();
+      for (const b of this.blocks.values()) {
+        if (b.expires !== null && b.expires > now && !this.coveredByOther(b)) this.backend.add(b.net, b.expires - now, true);
+      }
+      this.changed();
+      return Math.max(all.length, inKernel);
+    });
   }
 
   /** Adopts a block without touching the kernel (journal entries and kernel elements at start-up). */
@@ -203,6 +251,7 @@ export class Blocker {
   /** Lifts the blocks whose time is up. */
   sweep(): void {
     const now = this.now();
+    for (const [text, until] of this.expiring) if (until <= now) this.expiring.delete(text);
     let any = false;
     for (const block of this.blocks.values()) {
       if (block.expires !== null && block.expires <= now) {
@@ -218,9 +267,28 @@ export class Blocker {
    * their remaining time, renews ones whose timeout is too short, and adopts
    * elements of our sets we did not know about. Returns what it changed.
    */
-  async resync(adoptUnknown: boolean): Promise<{ added: number; adopted: number; removed: number }> {
+  resync(adoptUnknown: boolean): Promise<{ added: number; adopted: number; removed: number }> {
+    return this.serialize(() => this.resyncNow(adoptUnknown));
+  }
+
+  private async resyncNow(adoptUnknown: boolean): Promise<{ added: number; adopted: number; removed: number }> {
     await this.settle();
-    const kernel = await this.backend.list();
+    // This resync reapplies everything; a commit refused from here on asks for another.
+    const wasDirty = this.dirty;
+    this.dirty = false;
+    const changed = new Set<string>();
+    this.changedDuringList = changed;
+    let kernel: KernelEntry[];
+    try {
+      kernel = await this.backend.list();
+    } catch (err) {
+      this.dirty ||= wasDirty;
+      throw err;
+    } finally {
+      this.changedDuringList = null;
+    }
+    kernel = this.onOurClock(kernel);
+    // From here to the commit nothing else runs: the listing is current for every other block.
     const now = this.now();
     const seen = new Map<string, KernelEntry>();
     let adopted = 0;
@@ -228,6 +296,11 @@ export class Blocker {
     for (const entry of kernel) {
       seen.set(entry.net.text, entry);
       if (this.blocks.has(entry.net.text)) continue;
+      // Lifted while we read: its delete is queued or on its way, not a stranger to adopt.
+      if (changed.has(entry.net.text)) continue;
+      // Lifted at its expiry a moment ago; the kernel drops it by itself.
+      const lingers = this.expiring.get(entry.net.text);
+      if (lingers !== undefined && entry.expiresAt !== null && entry.expiresAt <= lingers) continue;
       if (this.options.isAllowed(entry.net)) {
         this.log.warn({ ip: entry.net.text }, 'removing an allow-listed address from our set');
         this.backend.delete(entry.net);
@@ -235,48 +308,74 @@ export class Blocker {
         continue;
       }
       if (!adoptUnknown) continue;
-      this.insert({ net: entry.net, rule: null, reason: null, source: 'reconciled', since: null, expires: entry.expiresAt, hits: null });
+      // A rule without kernel expiry would outlive every restart: give it one.
+      const fallback = !this.backend.expiresInKernel && this.options.reconciledBlockMs !== undefined
+        ? now + this.options.reconciledBlockMs
+        : null;
+      this.insert({ net: entry.net, rule: null, reason: null, source: 'reconciled', since: null, expires: entry.expiresAt ?? fallback, hits: null });
       adopted++;
     }
     let added = 0;
     for (const block of this.blocks.values()) {
       if (block.expires !== null && block.expires <= now) continue;
+      if (changed.has(block.net.text)) continue;
       if (this.coveredByOther(block)) continue;
       const entry = seen.get(block.net.text);
       const remaining = block.expires === null ? null : block.expires - now;
       if (remaining === null) continue;
       // Kernel expiry is read in whole seconds; renew only when clearly short.
-      if (!entry || (entry.expiresAt !== null && entry.expiresAt < block.expires! - 2000)) {
+      // A block longer than the kernel's longest timeout is renewed once the
+      // kernel's time is half gone.
+      const cap = this.backend.maxTimeoutMs;
+      const due = cap === undefined ? block.expires! - 2000 : Math.min(block.expires! - 2000, now + cap / 2);
+      if (!entry || (entry.expiresAt !== null && entry.expiresAt < due)) {
         this.backend.add(block.net, remaining, entry !== undefined);
         added++;
       }
     }
     if (adopted > 0) this.changed();
     await this.commitNow();
-    this.dirty = false;
     return { added, adopted, removed };
   }
 
   /** Verifies our table and elements; repairs and reports drift. */
-  async repair(): Promise<void> {
-    try {
-      const check = await this.backend.check();
-      if (!check.intact) {
-        await this.backend.ensure();
-        const r = await this.resync(true);
-        this.metrics.driftRepairs++;
-        this.log.warn({ backend: this.backend.kind, restored: r.added }, 'our firewall table was changed by something else; restored it');
-        return;
+  repair(): Promise<void> {
+    return this.serialize(async () => {
+      try {
+        const check = await this.backend.check();
+        if (!check.intact) {
+          await this.backend.ensure();
+          const r = await this.resyncNow(true);
+          this.metrics.driftRepairs++;
+          this.log.warn({ backend: this.backend.kind, restored: r.added }, 'our firewall table was changed by something else; restored it');
+          return;
+        }
+        const wasDirty = this.dirty;
+        const r = await this.resyncNow(true);
+        if (r.added > 0 || r.adopted > 0 || r.removed > 0) {
+          if (!wasDirty) this.metrics.driftRepairs++;
+          this.log.warn({ backend: this.backend.kind, ...r }, wasDirty ? 'reapplied blocks after a firewall error' : 'our firewall set differed from our blocks; repaired it');
+        }
+      } catch (err) {
+        this.recordError('repair', err);
       }
-      const wasDirty = this.dirty;
-      const r = await this.resync(true);
-      if (r.added > 0 || r.adopted > 0 || r.removed > 0) {
-        if (!wasDirty) this.metrics.driftRepairs++;
-        this.log.warn({ backend: this.backend.kind, ...r }, wasDirty ? 'reapplied blocks after a firewall error' : 'our firewall set differed from our blocks; repaired it');
-      }
-    } catch (err) {
-      this.recordError('repair', err);
-    }
+    });
+  }
+
+  /** Kernel expiry, read against the system clock, moved onto ours when a clock step has parted them. */
+  private onOurClock(kernel: KernelEntry[]): KernelEntry[] {
+    if (!this.options.systemNow) return kernel;
+    const skew = this.now() - this.options.systemNow();
+    // Below a second the two agree as well as kernel times are read (whole seconds).
+    if (Math.abs(skew) < 1000) return kernel;
+    return kernel.map((e) => (e.expiresAt === null ? e : { net: e.net, expiresAt: e.expiresAt + skew }));
+  }
+
+  /** Runs `task` after every flush, resync and repair queued before it. */
+  private serialize<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.exclusive.then(task, task);
+    this.exclusive = run.catch(() => undefined);
+    return run;
   }
 
   /** Waits until every queued change has been offered to the kernel. */
@@ -291,9 +390,21 @@ export class Blocker {
     }
   }
 
+  /**
+   * Waits until the changes queued so far have been offered to the kernel,
+   * not those queued meanwhile: during a ban storm the queue never empties,
+   * and an operator's block must not wait for the storm to end.
+   */
+  async committed(): Promise<void> {
+    // The commit in flight may have drained the queue before our change came; any commit started after it takes ours.
+    if (this.committing) await this.committing;
+    if (this.backend.pending() > 0) await this.commitNow();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    // A repair in flight is not awaited: with 100k blocks it may outlast the stop deadline, and the next start reconciles anyway.
     await this.settle();
   }
 
@@ -307,6 +418,7 @@ export class Blocker {
 
   private remove(block: Block): void {
     this.blocks.delete(block.net.text);
+    this.refusals.delete(block.net.text);
     const key = `${block.net.family}/${block.net.prefix}`;
     const set = this.byLength.get(key);
     set?.delete(block);
@@ -339,12 +451,16 @@ export class Blocker {
   private lift(block: Block, cause: LiftCause, deleteFromKernel: boolean): void {
     const wasInKernel = !this.coveredByOther(block);
     this.remove(block);
+    this.changedDuringList?.add(block.net.text);
     if (wasInKernel) {
       if (deleteFromKernel) this.backend.delete(block.net);
+      // The kernel may keep it up to a second longer (whole-second timeouts) and a little batch latency.
+      else if (cause === 'expired' && block.expires !== null) this.expiring.set(block.net.text, block.expires + 3000);
       // Blocks nested inside this one go back to the kernel on their own.
       const now = this.now();
       for (const inner of this.inside(block)) {
         if (inner.expires !== null && inner.expires > now && !this.coveredByOther(inner)) {
+          this.changedDuringList?.add(inner.net.text);
           this.backend.add(inner.net, inner.expires - now, false);
         }
       }
@@ -397,8 +513,8 @@ export class Blocker {
         this.metrics.batchSeconds.observe((performance.now() - started) / 1000);
         for (const f of result.failed) {
           this.metrics.firewallRefused++;
-          this.dirty = true;
           this.recordError('firewall', new Error(`${f.op} ${f.net.text}: ${f.error}`));
+          if (!this.giveUpOnRefusal(f.net, f.op)) this.dirty = true;
         }
         if (result.failed.length > 0) this.log.debug({ size, failed: result.failed.length }, 'batch partly refused');
       } catch (err) {
@@ -411,6 +527,26 @@ export class Blocker {
     })();
     await this.committing;
     if (this.backend.pending() > 0) this.scheduleCommit();
+  }
+
+  /**
+   * Counts a refusal; the third in a row of the same block ends it, so a
+   * block the kernel will never take (a poison element, a full set) is
+   * neither retried forever nor listed as if it were in force. Returns
+   * whether it was given up.
+   */
+  private giveUpOnRefusal(net: Network, op: 'add' | 'delete'): boolean {
+    const block = this.blocks.get(net.text);
+    if (op !== 'add' || !block) return false;
+    const n = (this.refusals.get(net.text) ?? 0) + 1;
+    if (n < REFUSALS_BEFORE_GIVING_UP) {
+      this.refusals.set(net.text, n);
+      return false;
+    }
+    this.warn.error('given-up', { ip: net.text, refusals: n }, 'the firewall refused this block again and again; gave it up');
+    this.lift(block, 'refused', false);
+    this.changed();
+    return true;
   }
 
   private recordError(component: string, err: unknown): void {

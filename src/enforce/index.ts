@@ -2,6 +2,8 @@ import { RatedError } from '../errors.js';
 import type { Config } from '../config/schema.js';
 import type { Backend, BackendKind } from './backend.js';
 import { DryRunBackend } from './dry-run.js';
+import { IpsetBackend } from './ipset.js';
+import { IptablesBackend } from './iptables.js';
 import { NftablesBackend } from './nftables.js';
 import type { Runner } from './run-command.js';
 
@@ -10,17 +12,21 @@ export { Blocker, viewBlock, type Block, type BlockView, type BlockRequest, type
 export { createRunner, type Runner } from './run-command.js';
 
 /** Builds one backend of the given kind. */
-export function makeBackend(kind: Exclude<BackendKind, never>, firewall: Config['firewall'], run: Runner): Backend {
+export function makeBackend(kind: BackendKind, firewall: Config['firewall'], run: Runner): Backend {
   switch (kind) {
     case 'nftables':
       return new NftablesBackend(run, { table: firewall.table, hook: firewall.hook, priority: firewall.priority });
+    case 'ipset':
+      return new IpsetBackend(run, { table: firewall.table, hook: firewall.hook });
+    case 'iptables':
+      return new IptablesBackend(run, { table: firewall.table, hook: firewall.hook });
     case 'dry-run':
       return new DryRunBackend();
-    case 'ipset':
-    case 'iptables':
-      throw new RatedError('FIREWALL_UNUSABLE', `firewall.backend: ${kind} is not available in this version; use nftables or --dry-run`);
   }
 }
+
+/** The order in which `auto` tries the backends: sets before per-block rules. */
+export const AUTO_ORDER: readonly BackendKind[] = ['nftables', 'ipset', 'iptables'];
 
 /**
  * Picks the configured backend, or with `auto` the first usable one, and
@@ -28,7 +34,7 @@ export function makeBackend(kind: Exclude<BackendKind, never>, firewall: Config[
  */
 export async function selectBackend(firewall: Config['firewall'], run: Runner, dryRun: boolean): Promise<Backend> {
   if (dryRun || firewall.backend === 'dry-run') return new DryRunBackend();
-  const candidates: BackendKind[] = firewall.backend === 'auto' ? ['nftables'] : [firewall.backend];
+  const candidates: BackendKind[] = firewall.backend === 'auto' ? [...AUTO_ORDER] : [firewall.backend];
   const reasons: string[] = [];
   for (const kind of candidates) {
     try {

@@ -159,7 +159,7 @@ export class NftablesBackend implements Backend {
     const ops = this.queue.drain();
     const apply = async (batch: readonly Op[]): Promise<string | null> => {
       const result = await this.run('nft', ['-j', '-f', '-'], JSON.stringify(renderOps(this.options, batch)));
-      return result.exitCode === 0 ? null : firstLine(result.stderr) || `nft exited with ${result.exitCode}`;
+      return result.exitCode === 0 ? null : explain(firstLine(result.stderr)) || `nft exited with ${result.exitCode}`;
     };
     return applyBisecting(ops, async (batch) => {
       const error = await apply(batch);
@@ -202,7 +202,8 @@ export class NftablesBackend implements Backend {
   }
 
   private async readTable(): Promise<Json[] | null> {
-    const result = await this.run('nft', ['-j', 'list', 'table', 'inet', this.options.table]);
+    // Terse (-t): the structure without the elements, which list() reads; 100k of them are megabytes of JSON.
+    const result = await this.run('nft', ['-j', '-t', 'list', 'table', 'inet', this.options.table]);
     if (result.exitCode !== 0) {
       if (/No such file or directory/.test(result.stderr)) return null;
       throw new RatedError('FIREWALL_FAILED', `nftables: cannot read table ${this.options.table}: ${firstLine(result.stderr)}`);
@@ -235,6 +236,11 @@ function countDrops(items: Json[]): number {
     }
   }
   return packets;
+}
+
+/** nft reports a full set as ENFILE, which reads like a process limit: say what it means. */
+function explain(error: string): string {
+  return /Too many open files in system/.test(error) ? `${error} (our set is full: it was given a size limit)` : error;
 }
 
 function firstLine(text: string): string {

@@ -1,4 +1,4 @@
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -24,28 +24,47 @@ export class CommandError extends Error {
 /**
  * Creates a runner. `prefix` runs every tool through another command (tests
  * use `ip netns exec NAME`); a hung tool is killed, with its process group,
- * after `timeoutMs`.
+ * after `timeoutMs`, and the runner gives up waiting for it shortly after,
+ * even when something it started still holds its output open or it cannot
+ * die (stuck in the kernel).
  */
 export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: number } = {}): Runner {
   const prefix = options.prefix ?? [];
   const timeoutMs = options.timeoutMs ?? 10_000;
   return async (file, args, input) => {
     const [cmd, ...rest] = prefix.length > 0 ? [...prefix, file, ...args] : [file, ...args];
-    const stdin = input ? await inputFile(input) : null;
+    const stdin = input ? inputFile(input) : null;
+    let killer: NodeJS.Timeout | undefined;
+    let deadline: NodeJS.Timeout | undefined;
+    let timedOut = false;
     try {
-      const result = await execa(cmd ?? file, rest, {
+      const child = execa(cmd ?? file, rest, {
         // execa's types name only descriptors 0-9; any open descriptor works.
-        ...(stdin ? { stdin: stdin.fd as 0 } : { input: '' }),
+        ...(stdin !== null ? { stdin: stdin as 0 } : { input: '' }),
         reject: false,
         shell: false,
-        timeout: timeoutMs,
-        killSignal: 'SIGKILL',
+        // Its own process group, so a timeout kills whatever the tool started too.
+        detached: true,
         stripFinalNewline: false,
         maxBuffer: 512 * 1024 * 1024,
         env: { LC_ALL: 'C' },
         extendEnv: true,
       });
-      if (result.timedOut) throw new CommandError(file, `${file} did not finish within ${timeoutMs} ms and was killed`, false);
+      const gaveUp = new Promise<null>((resolve) => {
+        killer = setTimeout(() => {
+          timedOut = true;
+          killGroup(child.pid);
+          deadline = setTimeout(() => resolve(null), GIVE_UP_AFTER_KILL_MS);
+        }, timeoutMs);
+      });
+      const result = await Promise.race([child, gaveUp]);
+      if (timedOut || result === null) {
+        // Whatever still holds the pipes must not keep this process busy.
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        void Promise.resolve(child).catch(() => undefined);
+        throw new CommandError(file, `${file} did not finish within ${timeoutMs} ms and was killed`, false);
+      }
       if (result.failed && result.exitCode === undefined) {
         const code = (result.cause as NodeJS.ErrnoException | undefined)?.code;
         const notFound = code === 'ENOENT';
@@ -56,23 +75,46 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
       if (err instanceof CommandError) throw err;
       throw new CommandError(file, `${file}: ${(err as Error).message}`, false, { cause: err });
     } finally {
-      await stdin?.close();
+      clearTimeout(killer);
+      clearTimeout(deadline);
+      if (stdin !== null) closeSync(stdin);
     }
   };
 }
 
+/** How long to wait, after killing a timed-out tool, for it and its pipes to go. */
+const GIVE_UP_AFTER_KILL_MS = 1000;
+
+/** SIGKILL to a tool's whole process group; it may be gone already. */
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // the group is gone; the tool itself may still be reaped below
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
 /**
- * Puts a stdin script in an unlinked private file and returns it open for
- * reading. A pipe from Node is a socket, and `nft -f -` opens /dev/stdin,
- * which fails on a socket with ENXIO; a regular file works with every tool.
+ * Puts a stdin script in an unlinked private file and returns its descriptor,
+ * open for reading. A pipe from Node is a socket, and `nft -f -` opens
+ * /dev/stdin, which fails on a socket with ENXIO; a regular file works with
+ * every tool. Synchronous on purpose: under a flood of notifications each
+ * step of an asynchronous version waits its turn behind the receiver, which
+ * made writing a batch take seconds.
  */
-async function inputFile(input: string) {
-  const dir = await mkdtemp(join(tmpdir(), 'rated-'));
+function inputFile(input: string): number {
+  const dir = mkdtempSync(join(tmpdir(), 'rated-'));
   try {
     const path = join(dir, 'input');
-    await writeFile(path, input, { mode: 0o600, flag: 'wx' });
-    return await open(path, 'r');
+    writeFileSync(path, input, { mode: 0o600, flag: 'wx' });
+    return openSync(path, 'r');
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
   }
 }

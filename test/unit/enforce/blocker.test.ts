@@ -9,7 +9,7 @@ import { Metrics } from '../../../src/metrics.js';
 /** A backend that keeps its "kernel" in a map and refuses overlapping elements, like an nft interval set. */
 class IntervalSetBackend implements Backend {
   readonly kind = 'dry-run' as const;
-  readonly expiresInKernel = true;
+  constructor(readonly expiresInKernel = true, readonly maxTimeoutMs?: number) {}
   readonly kernel = new Map<string, { net: Network; timeoutMs: number }>();
   readonly commits: Op[][] = [];
   private readonly queue = new OpQueue();
@@ -166,4 +166,235 @@ test('a refused element does not cost the others their place, and marks a repair
   assert.ok(backend.kernel.has('192.0.2.1'));
   assert.equal(blocker.needsRepair, true);
   assert.equal(blocker.lastErrors.length, 1);
+});
+
+/** A backend like iptables: no kernel expiry, optionally a longest kernel timeout like ipset. */
+class RuleBackend extends IntervalSetBackend {
+  readonly kernelExpiry = new Map<string, number>();
+  override async list(): Promise<KernelEntry[]> {
+    return [...this.kernel.values()].map((e) => ({ net: e.net, expiresAt: this.kernelExpiry.get(e.net.text) ?? null }));
+  }
+}
+
+function setupRules(backend: RuleBackend, reconciledBlockMs?: number) {
+  let now = 1_000_000;
+  const blocker = new Blocker({
+    backend,
+    isAllowed: () => false,
+    log: createLogger('silent'),
+    metrics: new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 }),
+    now: () => now,
+    ...(reconciledBlockMs === undefined ? {} : { reconciledBlockMs }),
+  });
+  return { blocker, advance: (ms: number) => (now += ms), now: () => now };
+}
+
+test('without kernel expiry, the sweep deletes the rule of an expired block', async () => {
+  const backend = new RuleBackend(false);
+  const { blocker, advance } = setupRules(backend);
+  blocker.block({ net: net('192.0.2.1'), durationMs: 1000, source: 'rule' });
+  blocker.block({ net: net('192.0.2.2'), durationMs: 5000, source: 'rule' });
+  await blocker.settle();
+  advance(1000);
+  blocker.sweep();
+  await blocker.settle();
+  assert.deepEqual([...backend.kernel.keys()], ['192.0.2.2']);
+});
+
+test('without kernel expiry, an adopted kernel entry gets the configured block time instead of none', async () => {
+  const backend = new RuleBackend(false);
+  backend.kernel.set('198.51.100.9', { net: net('198.51.100.9'), timeoutMs: 0 });
+  const { blocker, now, advance } = setupRules(backend, 60_000);
+  assert.deepEqual(await blocker.resync(true), { added: 0, adopted: 1, removed: 0 });
+  const adopted = blocker.get(net('198.51.100.9'));
+  assert.equal(adopted?.source, 'reconciled');
+  assert.equal(adopted?.expires, now() + 60_000);
+  advance(60_000);
+  blocker.sweep();
+  await blocker.settle();
+  assert.equal(backend.kernel.size, 0, 'the rule is lifted when that time is up');
+});
+
+test('with kernel expiry, an element without a timeout is adopted as it is', async () => {
+  const backend = new RuleBackend(true);
+  backend.kernel.set('198.51.100.9', { net: net('198.51.100.9'), timeoutMs: 0 });
+  const { blocker } = setupRules(backend, 60_000);
+  await blocker.resync(true);
+  assert.equal(blocker.get(net('198.51.100.9'))?.expires, null);
+});
+
+test('a block longer than the kernel\'s longest timeout is renewed only when half of that is gone', async () => {
+  const day = 86_400_000;
+  const backend = new RuleBackend(true, 10 * day);
+  const { blocker, now, advance } = setupRules(backend);
+  blocker.block({ net: net('192.0.2.1'), durationMs: 30 * day, source: 'manual' });
+  await blocker.settle();
+  backend.kernelExpiry.set('192.0.2.1', now() + 10 * day);
+  assert.equal((await blocker.resync(true)).added, 0, 'no renewal right after the add');
+  advance(4 * day);
+  assert.equal((await blocker.resync(true)).added, 0, 'none while more than half the kernel time is left');
+  advance(2 * day);
+  assert.equal((await blocker.resync(true)).added, 1, 'renewed once less than half is left');
+});
+
+/**
+ * A backend whose list() takes its snapshot at once, like `nft list set`, and
+ * answers only when told: what the blocker does meanwhile races the resync.
+ */
+class HeldListBackend extends RuleBackend {
+  private held: { started: () => void; release: Promise<void> } | null = null;
+  private active = 0;
+  maxConcurrentLists = 0;
+  readonly refuse = new Set<string>();
+
+  /** Holds the next list(); `started` resolves once it has read the kernel, `open` lets it answer. */
+  hold(): { started: Promise<void>; open: () => void } {
+    let open!: () => void;
+    let started!: () => void;
+    const release = new Promise<void>((r) => (open = r));
+    const begun = new Promise<void>((r) => (started = r));
+    this.held = { started, release };
+    return { started: begun, open };
+  }
+
+  override async list(): Promise<KernelEntry[]> {
+    this.active++;
+    this.maxConcurrentLists = Math.max(this.maxConcurrentLists, this.active);
+    try {
+      const snapshot = await super.list();
+      const held = this.held;
+      this.held = null;
+      if (held) {
+        held.started();
+        await held.release;
+      }
+      return snapshot;
+    } finally {
+      this.active--;
+    }
+  }
+
+  override async commit(): Promise<CommitResult> {
+    const refused = this.refuse;
+    const result = await super.commit();
+    const failed = [...result.failed];
+    for (const op of this.commits.at(-1) ?? []) {
+      if (op.kind === 'add' && refused.has(op.net.text)) {
+        this.kernel.delete(op.net.text);
+        failed.push({ net: op.net, op: 'add', error: 'refused' });
+      }
+    }
+    return { applied: result.applied - failed.length + result.failed.length, failed };
+  }
+}
+
+function setupHeld() {
+  const backend = new HeldListBackend(true);
+  const { blocker, advance, now } = setupRules(backend);
+  return { backend, blocker, advance, now };
+}
+
+test('an unblock while a resync reads the kernel is not adopted back as reconciled', async () => {
+  const { backend, blocker } = setupHeld();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 3_600_000, source: 'rule' });
+  blocker.block({ net: net('192.0.2.2'), durationMs: 3_600_000, source: 'manual' });
+  await blocker.settle();
+  const gate = backend.hold();
+  const resync = blocker.resync(true);
+  await gate.started;
+  blocker.unblock(net('192.0.2.1'));
+  await blocker.settle();
+  gate.open();
+  assert.deepEqual(await resync, { added: 0, adopted: 0, removed: 0 });
+  assert.equal(blocker.has(net('192.0.2.1')), false);
+  assert.deepEqual([...backend.kernel.keys()], ['192.0.2.2']);
+  await blocker.repair();
+  assert.equal(blocker.has(net('192.0.2.1')), false, 'the next repair does not bring it back either');
+  assert.deepEqual([...backend.kernel.keys()], ['192.0.2.2']);
+});
+
+test('a flush during a repair waits for it, and its result stands', async () => {
+  const { backend, blocker } = setupHeld();
+  for (let i = 1; i <= 3; i++) blocker.block({ net: net(`192.0.2.${i}`), durationMs: 3_600_000, source: 'rule' });
+  await blocker.settle();
+  const gate = backend.hold();
+  const repair = blocker.repair();
+  await gate.started;
+  const flushed = blocker.flush();
+  gate.open();
+  await repair;
+  assert.equal(await flushed, 3);
+  assert.equal(blocker.size, 0);
+  assert.equal(backend.kernel.size, 0);
+  await blocker.repair();
+  assert.equal(blocker.size, 0, 'nothing flushed comes back as reconciled');
+  assert.equal(backend.kernel.size, 0, 'nothing flushed goes back into the kernel');
+});
+
+test('a block made while a resync reads the kernel reaches it once, by its own batch', async () => {
+  const { backend, blocker } = setupHeld();
+  const gate = backend.hold();
+  const resync = blocker.resync(true);
+  await gate.started;
+  blocker.block({ net: net('192.0.2.9'), durationMs: 60_000, source: 'rule' });
+  await blocker.settle();
+  gate.open();
+  assert.equal((await resync).added, 0, 'the stale listing does not make the resync add it again');
+  const adds = backend.commits.flat().filter((o) => o.kind === 'add' && o.net.text === '192.0.2.9');
+  assert.equal(adds.length, 1);
+  assert.ok(backend.kernel.has('192.0.2.9'));
+});
+
+test('resyncs and repairs never read the kernel at the same time', async () => {
+  const { backend, blocker } = setupHeld();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 60_000, source: 'rule' });
+  const gate = backend.hold();
+  const first = blocker.resync(true);
+  await gate.started;
+  const rest = [blocker.repair(), blocker.resync(true), blocker.repair()];
+  gate.open();
+  await Promise.all([first, ...rest]);
+  assert.equal(backend.maxConcurrentLists, 1);
+});
+
+test('an element the kernel keeps a moment past its block\'s end is not adopted as a new block', async () => {
+  const { backend, blocker, advance, now } = setupHeld();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 5000, source: 'rule' });
+  await blocker.settle();
+  // Kernel timeouts are whole seconds, and the batch went out a little later.
+  backend.kernelExpiry.set('192.0.2.1', now() + 5900);
+  advance(5000);
+  blocker.sweep();
+  assert.equal(blocker.has(net('192.0.2.1')), false);
+  assert.equal((await blocker.resync(true)).adopted, 0);
+  assert.equal(blocker.has(net('192.0.2.1')), false);
+  // Put back by someone else, for longer: that one is a block to adopt.
+  backend.kernelExpiry.set('192.0.2.1', now() + 3_600_000);
+  assert.equal((await blocker.resync(true)).adopted, 1);
+  assert.equal(blocker.get(net('192.0.2.1'))?.source, 'reconciled');
+});
+
+test('a client blocked again right after its block ended gets a fresh kernel timeout', async () => {
+  const { backend, blocker, advance } = setupHeld();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 5000, source: 'rule' });
+  await blocker.settle();
+  advance(5000);
+  blocker.sweep();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 10_000, source: 'rule' });
+  await blocker.settle();
+  const last = backend.commits.at(-1);
+  assert.deepEqual(last?.map((o) => [o.kind, o.net.text, o.timeoutMs, o.replace]), [['add', '192.0.2.1', 10_000, true]],
+    'the element may still be in the kernel, so the add renews it');
+});
+
+test('a batch refused during a resync leaves a repair due', async () => {
+  const { backend, blocker } = setupHeld();
+  blocker.adopt({ net: net('192.0.2.5'), rule: 'default', reason: null, source: 'rule', since: 1, expires: 2_000_000, hits: 9 });
+  backend.refuse.add('192.0.2.5');
+  assert.equal((await blocker.resync(true)).added, 1);
+  assert.equal(blocker.needsRepair, true);
+  backend.refuse.clear();
+  await blocker.repair();
+  assert.equal(blocker.needsRepair, false);
+  assert.ok(backend.kernel.has('192.0.2.5'));
 });

@@ -1,0 +1,386 @@
+// The ipset backend and the Blocker against a real `ipset` and `iptables`,
+// inside a network namespace this file creates and deletes: sets and rules
+// are per namespace, so the host's own firewall is never touched.
+import { after, before, beforeEach, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
+import { clientOf, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { Blocker } from '../../../src/enforce/blocker.js';
+import { IpsetBackend, type IpsetOptions } from '../../../src/enforce/ipset.js';
+import type { Runner } from '../../../src/enforce/run-command.js';
+import { createLogger } from '../../../src/log.js';
+import { Metrics } from '../../../src/metrics.js';
+import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
+import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
+import { waitFor } from '../../helpers/wait-for.js';
+
+const TOOLS = ['ipset', 'iptables', 'ip6tables', 'ip'];
+const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
+const RULE4 = '-A INPUT -m set --match-set rated-v4 src -j DROP';
+const RULE6 = '-A INPUT -m set --match-set rated-v6 src -j DROP';
+const FOREIGN_RULE = '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT';
+
+let shared: Namespace | undefined;
+
+before(async () => {
+  if (prereqsMet(TOOLS)) shared = await createNamespace('rated-ipset');
+});
+
+after(async () => {
+  await shared?.delete();
+});
+
+beforeEach(async () => {
+  // Our own namespace: every test starts without rules or sets.
+  if (!shared) return;
+  for (const tool of ['iptables', 'ip6tables']) {
+    await shared.run(tool, ['-w', '-F']);
+    await shared.run(tool, ['-w', '-X']);
+  }
+  await shared.run('ipset', ['destroy']);
+});
+
+/** The namespace for a test, or null when the test was skipped for a missing prerequisite. */
+function setup(t: TestContext, tools: readonly string[] = []): Namespace | null {
+  if (!requireRoot(t) || !requireTools(t, [...TOOLS, ...tools])) return null;
+  assert.ok(shared, 'the namespace was created');
+  return shared;
+}
+
+function net(text: string): Network {
+  const n = parseNetwork(text);
+  assert.ok(n, `test address ${text} must parse`);
+  return n;
+}
+
+interface Member {
+  readonly val: string;
+  readonly timeout: number | null;
+}
+
+/** The members of a set as `ipset list` prints them. */
+async function members(ns: Namespace, set: string): Promise<Member[]> {
+  const text = (await ns.run('ipset', ['list', set])).stdout;
+  const body = text.split('\nMembers:\n')[1] ?? '';
+  return body.split('\n').filter((l) => l.trim() !== '').map((l) => {
+    const m = /^(\S+)(?: timeout (\d+))?/.exec(l.trim());
+    return { val: m?.[1] ?? l, timeout: m?.[2] === undefined ? null : Number(m[2]) };
+  });
+}
+
+async function values(ns: Namespace, set: string): Promise<string[]> {
+  return (await members(ns, set)).map((m) => m.val).sort();
+}
+
+/** `iptables -S INPUT` (or ip6tables) as lines. */
+async function input(ns: Namespace, tool: 'iptables' | 'ip6tables'): Promise<string[]> {
+  return (await ns.run(tool, ['-w', '-S', 'INPUT'])).stdout.trim().split('\n');
+}
+
+/** A rule in INPUT and a set that are not ours, with a name like ours. */
+async function createForeign(ns: Namespace): Promise<string> {
+  await ns.run('iptables', ['-w', '-A', 'INPUT', '-p', 'tcp', '--dport', '22', '-j', 'ACCEPT']);
+  await ns.run('ip6tables', ['-w', '-A', 'INPUT', '-p', 'tcp', '--dport', '22', '-j', 'ACCEPT']);
+  await ns.run('ipset', ['create', 'rated-trusted', 'hash:ip']);
+  await ns.run('ipset', ['add', 'rated-trusted', '192.0.2.10']);
+  return foreign(ns);
+}
+
+async function foreign(ns: Namespace): Promise<string> {
+  const set = (await ns.run('ipset', ['list', 'rated-trusted', '-output', 'save'])).stdout;
+  const v4 = (await input(ns, 'iptables')).filter((l) => l === FOREIGN_RULE);
+  const v6 = (await input(ns, 'ip6tables')).filter((l) => l === FOREIGN_RULE);
+  return JSON.stringify({ set, v4, v6 });
+}
+
+/** Wraps a runner to count the processes started per tool. */
+function counting(inner: Runner): { runner: Runner; calls: (tool: string) => number; reset: () => void } {
+  const n = new Map<string, number>();
+  return {
+    runner: (file, args, input) => {
+      n.set(file, (n.get(file) ?? 0) + 1);
+      return inner(file, args, input);
+    },
+    calls: (tool) => n.get(tool) ?? 0,
+    reset: () => n.clear(),
+  };
+}
+
+function makeBlocker(backend: IpsetBackend) {
+  const allowed = ['127.0.0.0/8', '::1'].map(net);
+  const metrics = new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 });
+  const blocker = new Blocker({
+    backend,
+    isAllowed: (n) => allowed.some((a) => contains(a, n) || contains(n, a)),
+    log: createLogger('silent'),
+    metrics,
+    batchDelayMs: 5,
+  });
+  return { blocker, metrics };
+}
+
+test('ensure creates two hash:net sets with timeouts and one rule each at the top of INPUT; twice changes nothing', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const before = await createForeign(ns);
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  assert.equal((await backend.check()).intact, false);
+
+  await backend.ensure();
+  for (const [set, family] of [['rated-v4', 'inet'], ['rated-v6', 'inet6']] as const) {
+    const header = (await ns.run('ipset', ['list', '-terse', set])).stdout;
+    assert.match(header, /^Type: hash:net$/m);
+    assert.match(header, new RegExp(`^Header: family ${family} hashsize 1024 maxelem 1048576 timeout 0 `, 'm'));
+  }
+  assert.deepEqual((await input(ns, 'iptables')).slice(0, 2), ['-P INPUT ACCEPT', RULE4], 'the v4 rule is first in INPUT');
+  assert.deepEqual((await input(ns, 'ip6tables')).slice(0, 2), ['-P INPUT ACCEPT', RULE6], 'the v6 rule is first in INPUT');
+  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0 });
+
+  backend.add(net('198.51.100.7'), 600_000, false);
+  assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+  const rules = [await input(ns, 'iptables'), await input(ns, 'ip6tables')];
+  await backend.ensure();
+  assert.deepEqual([await input(ns, 'iptables'), await input(ns, 'ip6tables')], rules, 'a second ensure adds no rule');
+  assert.equal((await input(ns, 'iptables')).filter((l) => l === RULE4).length, 1);
+  assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7'], 'ensure keeps our elements');
+
+  assert.equal(await backend.flush(), 1);
+  assert.deepEqual(await values(ns, 'rated-v4'), []);
+  assert.equal((await backend.check()).intact, true, 'flush keeps the sets and rules');
+  assert.equal(await foreign(ns), before, 'the foreign rule in INPUT and the foreign set are untouched');
+});
+
+test('a set of our name that cannot do the job is reported and left alone', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  await ns.run('ipset', ['create', 'rated-v4', 'hash:ip']);
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await assert.rejects(backend.ensure(), (err: Error) => {
+    assert.match(err.message, /^ipset: set rated-v4 exists as hash:ip family inet without timeout; rated needs hash:net family inet with timeout: remove that set or choose another firewall\.table$/);
+    return true;
+  });
+  assert.match((await ns.run('ipset', ['list', '-terse', 'rated-v4'])).stdout, /^Type: hash:ip$/m, 'still the same set');
+  assert.ok(!(await input(ns, 'iptables')).includes(RULE4), 'no rule refers to it');
+});
+
+test('1000 distinct addresses go to the kernel in one ipset process, each with a timeout', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const count = counting(ns.runner);
+  const backend = new IpsetBackend(count.runner, OPTS);
+  await backend.ensure();
+  const texts = Array.from({ length: 1000 }, (_, i) => `10.20.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+  for (const text of texts) backend.add(net(text), 600_000, false);
+
+  count.reset();
+  const started = performance.now();
+  const result = await backend.commit();
+  console.log(`ipset: 1000-element batch committed in ${(performance.now() - started).toFixed(1)} ms`);
+  assert.deepEqual(result, { applied: 1000, failed: [] });
+  assert.equal(count.calls('ipset'), 1, 'one ipset restore for the whole batch');
+
+  const listed = await members(ns, 'rated-v4');
+  assert.equal(listed.length, 1000);
+  assert.deepEqual(listed.map((m) => m.val).sort(), [...texts].sort());
+  for (const m of listed) assert.ok(m.timeout !== null && m.timeout > 590 && m.timeout <= 600, `${m.val} has timeout ${String(m.timeout)}`);
+  assert.equal((await backend.list()).length, 1000);
+});
+
+test('extending a block renews its kernel timeout', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  backend.add(net('198.51.100.7'), 60_000, false);
+  await backend.commit();
+  const [first] = await members(ns, 'rated-v4');
+  assert.ok(first?.timeout !== null && first !== undefined && first.timeout! <= 60);
+
+  backend.add(net('198.51.100.7'), 3_600_000, true);
+  assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+  const renewed = await members(ns, 'rated-v4');
+  assert.equal(renewed.length, 1);
+  assert.ok(renewed[0]?.timeout !== null && renewed[0]!.timeout! > 3590, `timeout ${String(renewed[0]?.timeout)} after the renewal`);
+  const [entry] = await backend.list();
+  assert.ok(entry?.expiresAt !== null && entry !== undefined && entry.expiresAt! > Date.now() + 3_580_000);
+});
+
+test('deleting an element that already expired, and a poison element, do not cost the rest of the batch', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  backend.add(net('192.0.2.50'), 1000, false);
+  backend.add(net('192.0.2.51'), 60_000, false);
+  await backend.commit();
+  await waitFor(async () => !(await values(ns, 'rated-v4')).includes('192.0.2.50'), {
+    timeoutMs: 10_000, intervalMs: 100, what: 'the kernel to expire 192.0.2.50',
+  });
+
+  // Bypasses the validator on purpose: ipset would look it up as a hostname.
+  const poison: Network = { family: 4, value: 0n, prefix: 32, text: '999.1.1.1' };
+  backend.delete(net('192.0.2.50'));
+  backend.delete(net('192.0.2.51'));
+  backend.add(net('192.0.2.52'), 60_000, false);
+  backend.add(poison, 60_000, false);
+  backend.add(net('192.0.2.53'), 120_000, false);
+  const result = await backend.commit();
+  assert.equal(result.applied, 4);
+  assert.deepEqual(result.failed.map((f) => [f.net.text, f.op]), [['999.1.1.1', 'add']]);
+  assert.match(result.failed[0]?.error ?? '', /999\.1\.1\.1/);
+  const listed = await members(ns, 'rated-v4');
+  assert.deepEqual(listed.map((m) => m.val).sort(), ['192.0.2.52', '192.0.2.53']);
+});
+
+test('a full set: new elements are refused with a message naming the set and its size; the rest goes on', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, { table: 'small', hook: 'input', maxElements: 4 });
+  await backend.ensure();
+  assert.match((await ns.run('ipset', ['list', '-terse', 'small-v4'])).stdout, / maxelem 4 /);
+  for (const i of [1, 2, 3, 4, 5, 6]) backend.add(net(`192.0.2.${i}`), 60_000, false);
+  backend.add(net('2001:db8::/64'), 60_000, false);
+  const result = await backend.commit();
+  assert.equal(result.applied, 5);
+  assert.deepEqual(result.failed.map((f) => f.net.text), ['192.0.2.5', '192.0.2.6']);
+  for (const f of result.failed) assert.match(f.error, /^ipset: set small-v4 is full \(maxelem 4\); .*Hash is full/);
+  assert.deepEqual(await values(ns, 'small-v4'), ['192.0.2.1', '192.0.2.2', '192.0.2.3', '192.0.2.4']);
+  assert.deepEqual(await values(ns, 'small-v6'), ['2001:db8::/64']);
+
+  // A renewal of a present element still works in a full set.
+  backend.add(net('192.0.2.1'), 600_000, true);
+  assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+  const renewed = (await members(ns, 'small-v4')).find((m) => m.val === '192.0.2.1');
+  assert.ok(renewed?.timeout !== null && renewed!.timeout! > 590);
+});
+
+test('an IPv6 /64 client block lands in set v6 with its timeout', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  const addr = parseAddress('2001:db8:1:2:a:b:c:d');
+  assert.ok(addr);
+  backend.add(clientOf(addr, 64), 300_000, false);
+  assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+  const listed = await members(ns, 'rated-v6');
+  assert.deepEqual(listed.map((m) => m.val), ['2001:db8:1:2::/64']);
+  assert.ok(listed[0]?.timeout !== null && listed[0]!.timeout! > 290 && listed[0]!.timeout! <= 300);
+  assert.deepEqual(await values(ns, 'rated-v4'), []);
+  assert.deepEqual((await backend.list()).map((e) => e.net.text), ['2001:db8:1:2::/64']);
+});
+
+test('Blocker: unblock and flush touch our sets only', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const before = await createForeign(ns);
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  const { blocker } = makeBlocker(backend);
+  try {
+    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
+    blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
+    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
+    await blocker.settle();
+    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7', '203.0.113.0/24']);
+
+    assert.ok(blocker.unblock(net('198.51.100.7')));
+    await blocker.settle();
+    assert.deepEqual(await values(ns, 'rated-v4'), ['203.0.113.0/24']);
+    assert.equal(await foreign(ns), before, 'unblock left the foreign rule and set alone');
+
+    assert.equal(await blocker.flush(), 2);
+    assert.deepEqual(await values(ns, 'rated-v4'), []);
+    assert.deepEqual(await values(ns, 'rated-v6'), []);
+    assert.equal((await backend.check()).intact, true, 'our sets and rules stay');
+    assert.equal(await foreign(ns), before, 'flush left the foreign rule and set alone');
+    assert.deepEqual(blocker.lastErrors, []);
+  } finally {
+    await blocker.close();
+  }
+});
+
+test('Blocker: after `iptables -F INPUT` and `ipset destroy`, repair puts rules, sets and elements back', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  const { blocker, metrics } = makeBlocker(backend);
+  try {
+    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
+    blocker.block({ net: net('203.0.113.0/24'), durationMs: 300_000, source: 'manual' });
+    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
+    await blocker.settle();
+
+    // A firewall reload: INPUT flushed, then the unreferenced set destroyed.
+    await ns.run('iptables', ['-w', '-F', 'INPUT']);
+    await ns.run('ipset', ['destroy', 'rated-v4']);
+    assert.equal((await backend.check()).intact, false);
+
+    await blocker.repair();
+    assert.equal((await backend.check()).intact, true, 'sets and rules are back');
+    assert.ok((await input(ns, 'iptables')).includes(RULE4));
+    assert.equal((await input(ns, 'ip6tables')).filter((l) => l === RULE6).length, 1, 'the v6 rule that stayed is not doubled');
+    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7', '203.0.113.0/24']);
+    assert.deepEqual(await values(ns, 'rated-v6'), ['2001:db8:1:2::/64']);
+    const restored = (await members(ns, 'rated-v4')).find((m) => m.val === '203.0.113.0/24');
+    assert.ok(restored?.timeout !== null && restored!.timeout! > 290 && restored!.timeout! <= 300, 'restored with its remaining time');
+    assert.equal(metrics.driftRepairs, 1);
+    assert.deepEqual(blocker.lastErrors, []);
+  } finally {
+    await blocker.close();
+  }
+});
+
+test('Blocker: a new instance adopts the elements it finds as reconciled, with their kernel expiry', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const backend = new IpsetBackend(ns.runner, OPTS);
+  await backend.ensure();
+  backend.add(net('198.51.100.7'), 600_000, false);
+  backend.add(net('2001:db8:1:2::/64'), 300_000, false);
+  await backend.commit();
+
+  const { blocker } = makeBlocker(new IpsetBackend(ns.runner, OPTS));
+  try {
+    assert.deepEqual(await blocker.resync(true), { added: 0, adopted: 2, removed: 0 });
+    const v4 = blocker.get(net('198.51.100.7'));
+    assert.equal(v4?.source, 'reconciled');
+    assert.ok(v4?.expires !== null && v4 !== undefined && Math.abs(v4.expires! - (Date.now() + 600_000)) < 3000, 'its kernel expiry');
+    assert.equal(blocker.get(net('2001:db8:1:2::/64'))?.source, 'reconciled');
+  } finally {
+    await blocker.close();
+  }
+});
+
+test('packets: a blocked peer can no longer ping; before the block and after lifting it, it can', async (t) => {
+  const ns = setup(t, ['ping']);
+  if (!ns) return;
+  const peer = await createNamespace('rated-peer');
+  try {
+    await veth(ns, peer, { a: '192.0.2.1/24', b: '192.0.2.2/24', a6: '2001:db8:ff::1/64', b6: '2001:db8:ff::2/64' });
+    const ping = async (target: string): Promise<boolean> =>
+      (await peer.exec('ping', ['-n', '-c1', '-W1', target])).exitCode === 0;
+
+    const backend = new IpsetBackend(ns.runner, OPTS);
+    await backend.ensure();
+    await waitFor(() => ping('192.0.2.1'), { timeoutMs: 10_000, what: 'the peer to reach us over IPv4 before the block' });
+    await waitFor(() => ping('2001:db8:ff::1'), { timeoutMs: 10_000, what: 'the peer to reach us over IPv6 before the block' });
+
+    backend.add(net('192.0.2.2'), 60_000, false);
+    backend.add(net('2001:db8:ff::2'), 60_000, false);
+    assert.deepEqual(await backend.commit(), { applied: 2, failed: [] });
+    assert.equal(await ping('192.0.2.1'), false, 'IPv4 ping of a blocked peer fails');
+    assert.equal(await ping('2001:db8:ff::1'), false, 'IPv6 ping of a blocked peer fails');
+    const dropped = (await backend.check()).droppedPackets ?? 0;
+    assert.ok(dropped >= 2, `our rules counted the dropped echo requests (${dropped})`);
+
+    backend.delete(net('192.0.2.2'));
+    backend.delete(net('2001:db8:ff::2'));
+    assert.deepEqual(await backend.commit(), { applied: 2, failed: [] });
+    assert.equal(await ping('192.0.2.1'), true, 'IPv4 ping works again once the block is lifted');
+    assert.equal(await ping('2001:db8:ff::1'), true, 'IPv6 ping works again once the block is lifted');
+  } finally {
+    await peer.delete();
+  }
+});
