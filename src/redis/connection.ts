@@ -1,0 +1,333 @@
+import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { describe } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { parseRedisUrl, redactUrl, type RedisEndpoint } from './url.js';
+
+/** The `redis` section of the configuration, timeouts in milliseconds. */
+export interface RedisConfig {
+  readonly url?: string | undefined;
+  readonly cluster?: readonly string[] | undefined;
+  readonly prefix: string;
+  /** Bound on every Redis operation, in milliseconds. @default 500 */
+  readonly timeout: number;
+  /** How often shared blocks are re-read, in case a published change was missed. @default 30000 */
+  readonly syncInterval: number;
+}
+
+/** What `status` shows of Redis. */
+export interface RedisStatus {
+  readonly mode: 'standalone' | 'cluster';
+  /** The configured URL(s), passwords replaced by `***`. */
+  readonly url: string | string[];
+  readonly prefix: string;
+  readonly up: boolean;
+  /** When `up` last changed, ISO time. */
+  readonly since: string;
+  readonly lastError: string | null;
+}
+
+export interface RedisLinkOptions {
+  readonly config: RedisConfig;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** The channel to subscribe to. */
+  readonly channel: string;
+  /** Called with every message published on the channel. */
+  readonly onMessage: (message: string) => void;
+  /** Called when Redis becomes reachable: at the first connection and after every outage. */
+  readonly onUp: () => void;
+}
+
+/** A Lua script, sent by its SHA1 once Redis knows it. */
+export interface Script {
+  readonly lua: string;
+  readonly sha: string;
+}
+
+/** Prepares a script for `RedisLink.run`. */
+export function script(lua: string): Script {
+  return { lua, sha: createHash('sha1').update(lua).digest('hex') };
+}
+
+type Arg = string | number;
+
+/** The commands rated uses, common to a single server and a cluster. */
+interface Commands {
+  evalsha(sha: string, numKeys: number, ...args: Arg[]): Promise<unknown>;
+  eval(lua: string, numKeys: number, ...args: Arg[]): Promise<unknown>;
+  del(...keys: string[]): Promise<number>;
+  ping(): Promise<string>;
+}
+
+/** Raised when an operation took longer than `redis.timeout`. */
+export class RedisTimeout extends Error {
+  constructor(ms: number) {
+    super(`no answer from Redis within ${ms} ms (redis.timeout)`);
+    this.name = 'RedisTimeout';
+  }
+}
+
+/** Reconnection delay: doubling from 100 ms up to 5 s, with jitter so nodes do not reconnect in step. */
+function backoff(times: number): number {
+  return Math.min(100 * 2 ** Math.min(times, 6), 5000) + Math.floor(Math.random() * 100);
+}
+
+/**
+ * The connection to Redis (one server or a cluster) and a second one for the
+ * block channel. Nothing waits for Redis to come back: there is no offline
+ * queue, a command is retried at most once, and every operation is bounded by
+ * `redis.timeout`. Tracks whether Redis is reachable, warns once per outage,
+ * and calls `onUp` when it is reachable again.
+ */
+export class RedisLink {
+  readonly mode: 'standalone' | 'cluster';
+  private readonly client: Redis | Cluster;
+  private readonly subscriber: Redis | Cluster;
+  private readonly commands: Commands;
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  private upNow = false;
+  private changedAt = Date.now();
+  private lastErrorText: string | null = null;
+  /** True once the current outage has been logged, so it is logged once. */
+  private outageLogged = false;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private probing = false;
+  private closed = false;
+
+  constructor(private readonly options: RedisLinkOptions) {
+    const c = options.config;
+    this.log = options.log;
+    this.timeoutMs = c.timeout;
+    const common = {
+      // Fail at once while disconnected instead of queueing (HARDENING F10).
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+    } as const;
+    const perConnection: RedisOptions = {
+      commandTimeout: c.timeout,
+      connectTimeout: Math.max(1000, c.timeout * 2),
+      maxRetriesPerRequest: 1,
+      // A command that went unanswered when the connection dropped is not sent again later.
+      autoResendUnfulfilledCommands: false,
+      connectionName: 'rated',
+    };
+    if (c.cluster) {
+      this.mode = 'cluster';
+      const nodes = c.cluster.map((u) => endpoint(u));
+      const first = nodes[0] as RedisEndpoint;
+      const options: ClusterOptions = {
+        ...common,
+        clusterRetryStrategy: backoff,
+        slotsRefreshTimeout: Math.max(1000, c.timeout * 2),
+        redisOptions: { ...perConnection, ...auth(first) },
+      };
+      const startup = nodes.map((n) => ({ host: n.host, port: n.port }));
+      this.client = new Cluster(startup, options);
+      this.subscriber = new Cluster(startup, options);
+    } else {
+      this.mode = 'standalone';
+      const e = endpoint(c.url ?? '');
+      const options: RedisOptions = {
+        ...common, ...perConnection, ...auth(e),
+        host: e.host, port: e.port, db: e.db, retryStrategy: backoff,
+      };
+      this.client = new Redis(options);
+      this.subscriber = new Redis(options);
+    }
+    this.commands = this.client as unknown as Commands;
+    this.client.on('ready', () => this.markUp());
+    this.client.on('close', () => {
+      if (!this.closed) this.markDown(new Error(this.lastErrorText ?? 'connection closed'));
+    });
+    this.client.on('error', (err: Error) => {
+      this.lastErrorText = describe(err);
+      if (this.client.status !== 'ready') this.markDown(err);
+    });
+    this.subscriber.on('error', (err: Error) => {
+      this.lastErrorText = describe(err);
+    });
+    this.subscriber.on('ready', () => {
+      this.subscriber.subscribe(options.channel).then(() => {
+        // Changes published while we were not listening are picked up by a resync.
+        if (this.upNow) options.onUp();
+      }, (err: unknown) => {
+        this.lastErrorText = describe(err);
+      });
+    });
+    this.subscriber.on('message', (_channel: string, message: string) => options.onMessage(message));
+  }
+
+  /** True while Redis answers. */
+  get up(): boolean {
+    return this.upNow;
+  }
+
+  /** Resolves when Redis is reachable, or after `ms` either way. */
+  async waitUp(ms: number): Promise<boolean> {
+    if (this.upNow) return true;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      timer.unref();
+      const poll = setInterval(() => {
+        if (this.upNow) done();
+      }, 20);
+      poll.unref();
+      function done(): void {
+        clearTimeout(timer);
+        clearInterval(poll);
+        resolve();
+      }
+    });
+    return this.upNow;
+  }
+
+  /** Runs a script, bounded by `redis.timeout`. Rejects when Redis is down or slow. */
+  async run(s: Script, keys: readonly string[], args: readonly Arg[]): Promise<unknown> {
+    return this.bounded(async () => {
+      try {
+        return await this.commands.evalsha(s.sha, keys.length, ...keys, ...args);
+      } catch (err) {
+        if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err;
+        return this.commands.eval(s.lua, keys.length, ...keys, ...args);
+      }
+    });
+  }
+
+  /** Deletes keys that share one cluster slot, bounded by `redis.timeout`. */
+  async del(keys: readonly string[]): Promise<void> {
+    if (keys.length > 0) await this.bounded(() => this.commands.del(...keys));
+  }
+
+  /**
+   * Records that an operation failed. When Redis did not answer (or a cluster
+   * slot has no master), it counts as down until a probe gets an answer; an
+   * error reply to one command is only remembered.
+   */
+  failed(err: unknown): void {
+    if (isOutage(err)) this.markDown(err);
+    else this.lastErrorText = describe(err);
+  }
+
+  status(): RedisStatus {
+    const c = this.options.config;
+    return {
+      mode: this.mode,
+      url: c.cluster ? c.cluster.map(redactUrl) : redactUrl(c.url ?? ''),
+      prefix: c.prefix,
+      up: this.upNow,
+      since: new Date(this.changedAt).toISOString(),
+      lastError: this.lastErrorText,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.probeTimer = null;
+    // disconnect() rather than quit(): a shutdown must not wait on Redis.
+    this.subscriber.disconnect();
+    this.client.disconnect();
+  }
+
+  private async bounded<T>(op: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisTimeout(this.timeoutMs)), this.timeoutMs);
+      timer.unref();
+    });
+    try {
+      return await Promise.race([op(), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private markUp(): void {
+    if (this.upNow || this.closed) return;
+    this.upNow = true;
+    this.changedAt = Date.now();
+    this.options.metrics.redisUp = 1;
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.probeTimer = null;
+    const status = this.status();
+    if (this.outageLogged) this.log.info({ redis: status.url }, 'Redis is reachable again; resynchronising blocks');
+    else this.log.info({ redis: status.url, mode: this.mode }, 'connected to Redis');
+    this.outageLogged = false;
+    this.options.onUp();
+  }
+
+  private markDown(err: unknown): void {
+    if (this.closed) return;
+    this.lastErrorText = describe(err);
+    if (this.upNow) {
+      this.upNow = false;
+      this.changedAt = Date.now();
+    }
+    this.options.metrics.redisUp = 0;
+    if (!this.outageLogged) {
+      this.outageLogged = true;
+      this.log.warn({ redis: this.status().url, err: this.lastErrorText },
+        'Redis is unreachable; counting locally and enforcing blocks here until it returns');
+    }
+    this.startProbe();
+  }
+
+  /** While down, asks every master for a PING each second; all answering means up again. */
+  private startProbe(): void {
+    if (this.probeTimer || this.closed) return;
+    this.probeTimer = setInterval(() => {
+      if (this.probing || this.upNow) return;
+      this.probing = true;
+      this.probe().then((ok) => {
+        this.probing = false;
+        if (ok) this.markUp();
+      }, () => {
+        this.probing = false;
+      });
+    }, 1000);
+    this.probeTimer.unref();
+  }
+
+  private async probe(): Promise<boolean> {
+    if (this.client.status !== 'ready') return false;
+    const targets: Array<{ ping(): Promise<string> }> = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    if (targets.length === 0) return false;
+    try {
+      await this.bounded(() => Promise.all(targets.map((t) => t.ping())));
+      return true;
+    } catch (err) {
+      this.lastErrorText = describe(err);
+      return false;
+    }
+  }
+}
+
+// Error replies that mean the data is out of reach, not that one command was wrong.
+const OUTAGE_REPLIES = /^(CLUSTERDOWN|TRYAGAIN|MOVED|ASK|LOADING|MASTERDOWN|READONLY|BUSY)\b/;
+
+/** True when an error means Redis is out of reach rather than that one command was refused. */
+export function isOutage(err: unknown): boolean {
+  if (!(err instanceof Error)) return true;
+  if (err.name === 'ReplyError') return OUTAGE_REPLIES.test(err.message);
+  return true;
+}
+
+function endpoint(url: string): RedisEndpoint {
+  const e = parseRedisUrl(url);
+  // The configuration was validated; this is a programming error.
+  if (!e) throw new Error(`not a Redis URL: ${redactUrl(url)}`);
+  return e;
+}
+
+function auth(e: RedisEndpoint): Partial<RedisOptions> {
+  return {
+    ...(e.username !== undefined ? { username: e.username } : {}),
+    ...(e.password !== undefined ? { password: e.password } : {}),
+    // A name to check the certificate against; an IP address is checked as such.
+    ...(e.tls ? { tls: isIP(e.host) === 0 ? { servername: e.host } : {} } : {}),
+  };
+}

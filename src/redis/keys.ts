@@ -1,0 +1,37 @@
+/**
+ * Key and channel names under `redis.prefix`. A client's counters carry the
+ * client in a hash tag (`rated:{192.0.2.7}:default`), so every rule's counter
+ * of one client lives on one Redis Cluster slot and one script can update
+ * them together; the shared blocks live under the tag `{blocks}` for the same
+ * reason. A client's text is an address or network, never `blocks`.
+ */
+export class RedisKeys {
+  /** Hash of active blocks: field = address or network, value = JSON. */
+  readonly blocks: string;
+  /** Sorted set of active blocks by expiry (ms since the epoch). */
+  readonly expires: string;
+  /** Sorted set of lifted blocks by the time they were lifted, so a stale copy is not put back. */
+  readonly lifted: string;
+  /** The time of the last cluster-wide flush. */
+  readonly flushed: string;
+  /** Where block changes are published. */
+  readonly channel: string;
+
+  constructor(readonly prefix: string) {
+    this.blocks = `${prefix}{blocks}`;
+    this.expires = `${prefix}{blocks}:expires`;
+    this.lifted = `${prefix}{blocks}:lifted`;
+    this.flushed = `${prefix}{blocks}:flushed`;
+    this.channel = `${prefix}blocks`;
+  }
+
+  /** The counter of one client for one rule. */
+  counter(client: string, rule: string): string {
+    return `${this.prefix}{${client}}:${rule}`;
+  }
+
+  /** The block keys, in the order the block scripts take them. */
+  get blockKeys(): [string, string, string, string] {
+    return [this.blocks, this.expires, this.lifted, this.flushed];
+  }
+}

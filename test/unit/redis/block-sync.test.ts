@@ -1,0 +1,161 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { parseNetwork, type Network } from '../../../src/address.js';
+import { Blocker } from '../../../src/enforce/blocker.js';
+import { DryRunBackend } from '../../../src/enforce/dry-run.js';
+import { AllowList } from '../../../src/limit/allow.js';
+import { createLogger } from '../../../src/log.js';
+import { Metrics } from '../../../src/metrics.js';
+import { BlockSync, SCRIPTS, type BlockLink } from '../../../src/redis/block-sync.js';
+import type { Script } from '../../../src/redis/connection.js';
+import { RedisKeys } from '../../../src/redis/keys.js';
+import { waitFor } from '../../helpers/wait-for.js';
+
+const HOUR = 3_600_000;
+const MAX_BLOCK = 30 * 24 * HOUR;
+
+function net(text: string): Network {
+  const n = parseNetwork(text);
+  assert.ok(n, text);
+  return n;
+}
+
+interface Call { script: string; keys: readonly string[]; args: ReadonlyArray<string | number> }
+
+/** A blocker on the dry-run backend, a fake Redis link and a sync between them, on a fake clock. */
+function setup(snapshot: unknown[] = [0, [], [], null]) {
+  const clock = { now: 1_700_000_000_000 };
+  const lines: Array<Record<string, unknown>> = [];
+  const log = createLogger('info', new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  }));
+  const allow = new AllowList([net('127.0.0.0/8'), net('::1/128'), net('10.0.0.200')]);
+  const blocker = new Blocker({
+    backend: new DryRunBackend(), isAllowed: (n) => allow.has(n), log,
+    metrics: new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 }), now: () => clock.now,
+  });
+  const calls: Call[] = [];
+  const names = new Map<Script, string>(Object.entries(SCRIPTS).map(([k, v]) => [v, k]));
+  const link: BlockLink & { upNow: boolean } = {
+    upNow: true,
+    get up() {
+      return this.upNow;
+    },
+    async run(s, keys, args) {
+      const name = names.get(s) ?? '?';
+      calls.push({ script: name, keys, args });
+      return name === 'snapshot' ? snapshot : 1;
+    },
+    failed() {},
+  };
+  const sync = new BlockSync({
+    link, keys: new RedisKeys('rated:'), node: 'me', local: blocker,
+    parseTarget: (text) => {
+      const n = parseNetwork(text.trim());
+      return n && n.prefix >= (n.family === 4 ? 8 : 32) ? n : null;
+    },
+    isAllowed: (n) => allow.has(n), maxBlockMs: MAX_BLOCK, log, now: () => clock.now,
+  });
+  const message = (o: Record<string, unknown>): string => JSON.stringify({ v: 1, node: 'other', ...o });
+  const blockMsg = (ip: string, over: Record<string, unknown> = {}): string =>
+    message({ op: 'block', net: ip, expires: clock.now + HOUR, since: clock.now, rule: 'default', reason: '361 requests in 120s', hits: 361, ...over });
+  return { clock, lines, blocker, calls, link, sync, message, blockMsg };
+}
+
+test('a block published by another node is enforced here as source cluster', () => {
+  const { blocker, sync, blockMsg, clock } = setup();
+  sync.onMessage(blockMsg('203.0.113.7'));
+  const b = blocker.get(net('203.0.113.7'));
+  assert.ok(b);
+  assert.equal(b.source, 'cluster');
+  assert.equal(b.rule, 'default');
+  assert.equal(b.reason, '361 requests in 120s');
+  assert.equal(b.hits, 361);
+  assert.equal(b.expires, clock.now + HOUR);
+  assert.equal(sync.stats.adopted, 1);
+});
+
+test('our own messages are ignored', () => {
+  const { blocker, sync, message, clock } = setup();
+  sync.onMessage(message({ node: 'me', op: 'block', net: '203.0.113.7', expires: clock.now + HOUR }));
+  assert.equal(blocker.size, 0);
+});
+
+test('hostile or mistaken messages never reach the blocker, and are logged at a bounded rate', () => {
+  const { blocker, sync, message, blockMsg, lines, clock } = setup();
+  const hostile = [
+    blockMsg('0.0.0.0/0'), blockMsg('::/0'), blockMsg('127.0.0.1'), blockMsg('::ffff:127.0.0.1'), blockMsg('10.0.0.200'),
+    blockMsg('10.0.0.0/24'), blockMsg('010.1.1.1'), blockMsg('2130706433'), blockMsg('192.0.2.1 } ; flush ruleset'),
+    blockMsg('1.1.1.1,2.2.2.2'), blockMsg('fe80::1%lo'), blockMsg('localhost'), blockMsg(''),
+    blockMsg('203.0.113.9', { expires: 'soon' }), blockMsg('203.0.113.9', { node: '' }), message({ op: 'block', expires: clock.now + HOUR }),
+    message({ op: 'explode', net: '203.0.113.9' }), '{"v":1,', 'null', '[]', `${blockMsg('203.0.113.9').slice(0, -1)},"pad":"${'x'.repeat(3000)}"}`,
+  ];
+  for (const m of hostile) sync.onMessage(m);
+  assert.equal(blocker.size, 0, JSON.stringify(blocker.list().map((b) => b.net.text)));
+  assert.equal(sync.stats.refused, hostile.length);
+  const refusals = lines.filter((l) => l.msg === 'refused a block from Redis');
+  assert.ok(refusals.length >= 3 && refusals.length < hostile.length, `${refusals.length} lines for ${hostile.length} refusals`);
+  for (const l of refusals) assert.ok(!String(l.ip).includes('\n'));
+});
+
+test('fields from Redis are cleaned: unknown rule names, control characters, long reasons, far expiries', () => {
+  const { blocker, sync, blockMsg, clock } = setup();
+  sync.onMessage(blockMsg('203.0.113.8', { rule: 'a b;c', reason: `evil\u001b[2J${'x'.repeat(500)}`, hits: -3, expires: clock.now + 10 * 365 * 24 * HOUR }));
+  const b = blocker.get(net('203.0.113.8'));
+  assert.ok(b);
+  assert.equal(b.rule, null);
+  assert.equal(b.hits, null);
+  assert.ok(b.reason !== null && b.reason.length <= 200 && !b.reason.includes('\u001b'));
+  assert.equal(b.expires, clock.now + MAX_BLOCK);
+});
+
+test('an expired block is not adopted; a shorter copy does not shorten ours', () => {
+  const { blocker, sync, blockMsg, clock } = setup();
+  sync.onMessage(blockMsg('203.0.113.1', { expires: clock.now - 1 }));
+  assert.equal(blocker.size, 0);
+  blocker.block({ net: net('203.0.113.2'), durationMs: 2 * HOUR, source: 'rule', rule: 'default' });
+  sync.onMessage(blockMsg('203.0.113.2'));
+  assert.equal(blocker.get(net('203.0.113.2'))?.source, 'rule');
+  assert.equal(blocker.get(net('203.0.113.2'))?.expires, clock.now + 2 * HOUR);
+});
+
+test('an unblock lifts blocks decided up to its time, not later ones; a flush lifts every block', async () => {
+  const { blocker, sync, message, clock } = setup();
+  blocker.block({ net: net('203.0.113.1'), durationMs: HOUR, source: 'rule' });
+  const at = clock.now;
+  clock.now += 1000;
+  blocker.block({ net: net('203.0.113.2'), durationMs: HOUR, source: 'rule' });
+  sync.onMessage(message({ op: 'unblock', net: '203.0.113.1', at }));
+  sync.onMessage(message({ op: 'unblock', net: '203.0.113.2', at }));
+  assert.equal(blocker.has(net('203.0.113.1')), false);
+  assert.equal(blocker.has(net('203.0.113.2')), true, 'decided after the unblock');
+  sync.onMessage(message({ op: 'flush', at: clock.now }));
+  await waitFor(() => blocker.size === 0, { what: 'the flush to lift every block' });
+});
+
+test('changes made while Redis is away are shared when it returns, and its state is adopted', async () => {
+  // Redis, when it is back, holds a block of another node and a tombstone of a block this node still has.
+  const now = 1_700_000_000_000;
+  const theirs = JSON.stringify({ node: 'other', net: '198.51.100.5', expires: now + HOUR, since: now - 5000 });
+  const { blocker, calls, link, sync } = setup([1, ['198.51.100.5', theirs], ['203.0.113.3', String(now + 1)], null]);
+  blocker.block({ net: net('203.0.113.3'), durationMs: HOUR, source: 'cluster' });
+  link.upNow = false;
+  blocker.block({ net: net('203.0.113.1'), durationMs: HOUR, source: 'rule', rule: 'default' });
+  const ours = blocker.get(net('203.0.113.1'));
+  assert.ok(ours);
+  sync.published(ours);
+  sync.lifted(net('203.0.113.50'));
+  assert.equal(calls.length, 0, 'nothing is sent while Redis is away');
+
+  link.upNow = true;
+  await sync.resync();
+  assert.deepEqual(calls.map((c) => c.script), ['unblock', 'snapshot', 'block']);
+  assert.equal(calls[0]?.args[0], '203.0.113.50', 'the unblock made while away goes first');
+  assert.equal(calls[2]?.args[0], '203.0.113.1', 'our block Redis lacks is stored');
+  assert.equal(blocker.has(net('203.0.113.3')), false, 'lifted elsewhere meanwhile');
+  assert.equal(blocker.get(net('198.51.100.5'))?.source, 'cluster', 'theirs adopted');
+});
