@@ -38,8 +38,8 @@ export interface RatedExit {
 
 export interface RatedOptions {
   readonly namespace: Namespace;
-  /** Configuration file, passed as `-c`. */
-  readonly config: string;
+  /** Configuration file, passed as `-c`; without it rated searches as usual (and may run on its embedded defaults). */
+  readonly config?: string;
   /** Control socket, passed as `--socket` (and to `cli()`). */
   readonly socket?: string;
   /** More arguments for `rated run`, e.g. `--dry-run`. */
@@ -103,8 +103,9 @@ export async function ratedCli(ns: Namespace, args: readonly string[], options: 
 export async function startRated(options: RatedOptions): Promise<Rated> {
   const ns = options.namespace;
   const socketArgs = options.socket ? ['--socket', options.socket] : [];
+  const configArgs = options.config === undefined ? [] : ['-c', options.config];
   const child = spawn('ip', ['netns', 'exec', ns.name, ...(options.wrap ?? []), process.execPath, BIN,
-    'run', '-c', options.config, ...socketArgs, ...(options.args ?? [])], {
+    'run', ...configArgs, ...socketArgs, ...(options.args ?? [])], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -174,7 +175,7 @@ export async function startRated(options: RatedOptions): Promise<Rated> {
     hasExited: () => state.exit !== null,
     output,
     waitForLine: (match, opts) => waitFor(() => lines.find(match), { what: 'a log line', ...opts }),
-    cli: (args, opts) => ratedCli(ns, [...args, '-c', options.config, ...socketArgs], { ...(options.wrap ? { wrap: options.wrap } : {}), ...opts }),
+    cli: (args, opts) => ratedCli(ns, [...args, ...configArgs, ...socketArgs], { ...(options.wrap ? { wrap: options.wrap } : {}), ...opts }),
     stop,
   };
 }

@@ -58,7 +58,9 @@ const corpus: [row: string, input: string, expected: string | null][] = [
   ['19', '2001:0db8:0000:0000:0000:0000:0000:0001', '2001:db8::1'],
   ['20', 'fe80::1%lo', null],
   ['20', 'fe80::1%25eth0', null],
-  ['20', 'fe80::1', 'fe80::1'],
+  ['20', 'fe80::1', null],
+  ['20', 'FEBF:ffff::1', null],
+  ['20', 'fec0::1', 'fec0::1'],
   ['21', '::', null],
   ['21', '0:0:0:0:0:0:0:0', null],
   ['21', '0.0.0.0', null],
@@ -192,8 +194,9 @@ describe('parseAddress', () => {
   });
 
   const max128 = (1n << 128n) - 1n;
+  const linkLocal = (v: bigint): boolean => v >> 118n === 0x3fan;
   const usableV6 = (v: bigint): boolean =>
-    v !== 0n && v >> 120n !== 0xffn && v >> 32n !== 0xffffn;
+    v !== 0n && v >> 120n !== 0xffn && v >> 32n !== 0xffffn && !linkLocal(v);
   const fullText = (v: bigint, upper: boolean): string => {
     const hex = v.toString(16).padStart(32, '0');
     const text = hex.match(/.{4}/g)?.join(':') ?? '';
@@ -204,7 +207,7 @@ describe('parseAddress', () => {
   function checkV6(v: bigint, upper: boolean): void {
     const n = parseAddress(fullText(v, upper));
     if (!usableV6(v)) {
-      if (v === 0n || v >> 120n === 0xffn) assert.equal(n, null);
+      if (v === 0n || v >> 120n === 0xffn || linkLocal(v)) assert.equal(n, null);
       return;
     }
     assert.ok(n);
