@@ -249,9 +249,13 @@ function usableV4(v4: number): boolean {
   return first !== 0 && (first < 224 || first > 239) && v4 !== 0xffffffff;
 }
 
-/** Not unspecified (::) or multicast (ff00::/8). */
+/**
+ * Not unspecified (::), multicast (ff00::/8) or link-local (fe80::/10). A
+ * link-local address means the same on every link, and its /64 holds the
+ * routers and neighbours whose discovery packets a block would drop.
+ */
 function usableV6(): boolean {
-  if (group(0) >= 0xff00) return false;
+  if (group(0) >= 0xff00 || (group(0) & 0xffc0) === 0xfe80) return false;
   for (let i = 0; i < 8; i++) if (group(i) !== 0) return true;
   return false;
 }

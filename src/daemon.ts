@@ -1,16 +1,23 @@
 import { mkdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { parseNetwork, type Network } from './address.js';
 import type { Config } from './config/schema.js';
+import { steadyClock } from './clock.js';
 import type { ControlApi } from './control/api.js';
-import { ControlServer } from './control/server.js';
+import { ControlServer, isAlive } from './control/server.js';
+import { isPermissionError, preparePrivateDir, userSocketPath } from './control/user-socket.js';
 import { formatDuration, parseDuration } from './duration.js';
 import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type BlockView } from './enforce/index.js';
 import { describe, RatedError } from './errors.js';
 import { createLogger, RateLimitedLog, type Logger } from './log.js';
 import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
+import { WindowSpec } from './limit/sliding-window.js';
 import { Metrics } from './metrics.js';
+import { RedisSharing } from './redis/index.js';
+import { FileReceiver } from './receive/file.js';
 import { HttpReceiver } from './receive/http.js';
+import { UdpReceiver } from './receive/udp.js';
 import { Journal } from './state/journal.js';
 import { StateLock } from './state/lock.js';
 import { VERSION } from './version.js';
@@ -36,12 +43,22 @@ export class Daemon implements ControlApi {
   private blocker!: Blocker;
   private limiter!: Limiter;
   private http: HttpReceiver | null = null;
+  private udp: UdpReceiver | null = null;
+  private files: FileReceiver | null = null;
   private control: ControlServer | null = null;
+  private redis: RedisSharing | null = null;
   private readonly startedAt = Date.now();
+  /** Block times run on a clock that an NTP step does not move, as kernel timeouts do not. */
+  private readonly clock = steadyClock();
   private readonly timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | null = null;
+  private started = false;
+  private repairing: Promise<void> | null = null;
+  private refreshing = false;
+  /** How long the last journal write took. */
+  private lastSaveMs = 0;
   private droppedPackets: number | null = null;
-  private rates = { at: Date.now(), received: 0, perSecond: 0 };
+  private rates = { at: Date.now(), received: new Map<string, number>(), perSecond: new Map<string, number>() };
   private journal: Journal | null = null;
   private lock: StateLock | null = null;
   private saveTimer: NodeJS.Timeout | null = null;
@@ -63,6 +80,11 @@ export class Daemon implements ControlApi {
   async start(): Promise<void> {
     const c = this.config;
     this.backend = await selectBackend(c.firewall, createRunner(), this.options.dryRun);
+    // Refuse before touching the firewall: a second daemon must leave the first one's blocks alone.
+    const configuredSocket = this.options.socket ?? c.control.socket;
+    if (await isAlive(configuredSocket)) {
+      throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${configuredSocket}; stop it first (rated status)`);
+    }
     if (this.backend.kind !== 'dry-run') {
       mkdirSync(c.state.dir, { recursive: true, mode: 0o750 });
       this.lock = new StateLock(c.state.dir);
@@ -77,31 +99,57 @@ export class Daemon implements ControlApi {
       metrics: this.stats,
       onLift: (net) => this.limiter.forget(net),
       onChange: () => this.scheduleSave(),
+      reconciledBlockMs: c.rules[0]?.block ?? 21_600_000,
+      now: this.clock,
+      systemNow: Date.now,
     });
     this.limiter = new Limiter({
+      now: this.clock,
       rules: c.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })),
       allow: this.allow,
       ipv6Prefix: c.ipv6Prefix,
       maxClients: c.tracking.maxClients,
       escalation: { factor: c.escalation.factor, maxMs: c.escalation.max, memoryMs: c.escalation.memory },
       isBlocked: (client) => this.blocker.has(client),
+      onCount: c.redis ? (client, rule, at) => this.redis?.count(client, rule, at) : undefined,
       onVerdict: (v) => {
         try {
-          this.blocker.block({
+          const outcome = this.blocker.block({
             net: v.client, durationMs: v.blockMs, source: 'rule', rule: v.rule,
             reason: v.reason, hits: v.hits, windowMs: v.windowMs,
           });
+          if (outcome !== 'unchanged') this.redis?.published(this.blocker.get(v.client));
         } catch (err) {
           this.refusals.warn('block refused', { ip: v.client.text, err: describe(err) }, 'block refused');
         }
       },
     });
+    const reconcileStarted = performance.now();
     const restored = this.restoreJournal();
     const reconciled = await this.blocker.resync(true);
+    const reconcileMs = Math.round(performance.now() - reconcileStarted);
+    if (c.redis) {
+      this.redis = new RedisSharing({
+        config: c.redis,
+        rules: c.rules.map((r) => ({ name: r.name, limit: r.limit, window: new WindowSpec(r.window), blockMs: r.block })),
+        local: this.blocker,
+        parseTarget: (text) => {
+          try {
+            return parseBlockTarget(text);
+          } catch {
+            return null;
+          }
+        },
+        isAllowed: (net) => this.allow.has(net),
+        convict: (client, rule, hits) => this.limiter.convictShared(client, rule, hits),
+        log: this.log,
+        metrics: this.stats,
+      });
+      // Adopt the shared blocks before saying we are protecting, unless Redis is away.
+      await this.redis.start(Math.max(2000, c.redis.timeout * 4));
+    }
 
-    const socket = this.options.socket ?? c.control.socket;
-    this.control = new ControlServer(socket, this, this.log);
-    await this.control.listen();
+    const socket = await this.listenControl();
     if (c.receivers.http) {
       this.http = new HttpReceiver({
         ...c.receivers.http,
@@ -111,10 +159,30 @@ export class Daemon implements ControlApi {
       });
       await this.http.listen();
     }
+    if (c.receivers.udp) {
+      this.udp = new UdpReceiver({
+        ...c.receivers.udp,
+        sink: (hit) => this.limiter.record(hit),
+        metrics: this.stats,
+        log: this.log,
+      });
+      await this.udp.listen();
+      this.every(2000, () => this.udp?.sampleDrops());
+    }
+    if (c.receivers.files.length > 0) {
+      this.files = new FileReceiver({
+        paths: c.receivers.files,
+        sink: (hit) => this.limiter.record(hit),
+        metrics: this.stats,
+        log: this.log,
+      });
+      await this.files.start();
+    }
     this.blocker.start();
-    this.every(c.firewall.checkInterval, () => this.blocker.repair().then(() => this.refreshDrops()));
+    // One repair at a time: while nft hangs, the loops must not pile up processes.
+    this.every(c.firewall.checkInterval, () => this.repairNow().then(() => this.refreshDrops()));
     this.every(1000, () => {
-      if (this.blocker.needsRepair) void this.blocker.repair();
+      if (this.blocker.needsRepair) void this.repairNow();
     });
     this.every(5000, () => this.sampleRates());
 
@@ -124,21 +192,27 @@ export class Daemon implements ControlApi {
       backend: this.backend.kind,
       table: this.backend.kind === 'dry-run' ? null : c.firewall.table,
       http: this.http?.endpoint ?? null,
+      udp: this.udp?.endpoint ?? null,
+      files: this.files?.paths ?? [],
       control: socket,
+      redis: this.redis ? { mode: this.redis.status().mode, up: this.redis.status().up } : null,
       rules: c.rules.map((r) => `${r.name}: ${r.limit}/${formatDuration(r.window)} → ${formatDuration(r.block)}`),
       journal: restored,
       adopted: reconciled.adopted,
       restored: reconciled.added,
+      reconcileMs,
     }, `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
+    this.started = true;
   }
 
   /** Stops receivers, lets the batch in flight finish, leaves blocks in place unless flushOnExit. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
-      await Promise.allSettled([this.http?.close()]);
+      await Promise.allSettled([this.http?.close(), this.udp?.close(), this.files?.close()]);
       if (this.blocker) {
-        if (this.config.firewall.flushOnExit) {
+        // A daemon that never started protecting has nothing of its own to flush.
+        if (this.config.firewall.flushOnExit && this.started) {
           const n = await this.blocker.flush().catch((err: unknown) => {
             this.log.error({ err: describe(err) }, 'flush on exit failed');
             return 0;
@@ -149,6 +223,7 @@ export class Daemon implements ControlApi {
         this.saveNow();
       }
       await this.control?.close();
+      await this.redis?.close();
       this.lock?.release();
       this.log.info({ blocks: this.blocker?.size ?? 0, kept: !this.config.firewall.flushOnExit }, 'rated stopped');
     })();
@@ -167,11 +242,15 @@ export class Daemon implements ControlApi {
       this.stats.errors.inc('journal');
       this.log.error({ file: loaded.movedAside, err: loaded.error }, 'journal unreadable; moved it aside and starting from the kernel state');
     }
-    const now = Date.now();
+    const now = this.clock();
     let expired = 0;
     let refused = 0;
     for (const block of loaded.blocks) {
-      if (block.expires !== null && block.expires <= now) expired++;
+      if (block.expires !== null && block.expires <= now) {
+        expired++;
+        // Without kernel timeouts (iptables) its rule is still there.
+        if (!this.backend.expiresInKernel) this.backend.delete(block.net);
+      }
       else if (this.allow.has(block.net)) refused++;
       else this.blocker.adopt(block);
     }
@@ -179,12 +258,36 @@ export class Daemon implements ControlApi {
     return { blocks: loaded.blocks.length - expired - refused, expired, refused };
   }
 
+  /**
+   * Binds the control socket. A dry run by an ordinary user, who may not
+   * create the configured one (under /run), uses the user's own socket
+   * instead; the CLI looks there too.
+   */
+  private async listenControl(): Promise<string> {
+    const configured = this.options.socket ?? this.config.control.socket;
+    try {
+      this.control = new ControlServer(configured, this, this.log);
+      await this.control.listen();
+      return configured;
+    } catch (err) {
+      const fallback = this.backend.kind === 'dry-run' && this.options.socket === undefined ? userSocketPath() : null;
+      if (fallback === null || fallback === configured || !isPermissionError(err)) throw err;
+      preparePrivateDir(fallback);
+      this.control = new ControlServer(fallback, this, this.log);
+      await this.control.listen();
+      this.log.warn({ configured, control: fallback, err: describe(err) }, 'a dry run without root uses its own control socket; rated commands find it');
+      return fallback;
+    }
+  }
+
   private scheduleSave(): void {
     if (!this.journal || this.saveTimer) return;
+    // A write costs O(blocks): during a ban storm, spend at most a twentieth of the time on it.
+    // What a crash loses meanwhile is still in the kernel, which the next start adopts.
     this.saveTimer = setTimeout(() => {
       this.saveTimer = null;
       this.saveNow();
-    }, 200);
+    }, Math.max(200, this.lastSaveMs * 20));
     this.saveTimer.unref();
   }
 
@@ -195,8 +298,10 @@ export class Daemon implements ControlApi {
       this.saveTimer = null;
     }
     if (!this.journal) return;
+    const started = performance.now();
     try {
       this.journal.save({ blocks: this.blocker.list(), offences: this.limiter.exportOffences() });
+      this.lastSaveMs = performance.now() - started;
       if (this.journalFailing) this.log.info({ file: this.journal.path }, 'journal written again');
       this.journalFailing = false;
     } catch (err) {
@@ -227,15 +332,19 @@ export class Daemon implements ControlApi {
       backend: this.backend.kind,
       table: this.backend.kind === 'dry-run' ? null : this.config.firewall.table,
       receivers: {
-        http: this.http ? {
-          listen: this.http.endpoint,
-          received: this.stats.received.get('http'),
-          rejected: sumPrefix(this.stats.rejected.values, 'http\t'),
-          ignored: sumPrefix(this.stats.ignored.values, 'http\t'),
-          perSecond: this.rates.perSecond,
+        http: this.http ? { listen: this.http.endpoint, ...this.receiverCounts('http') } : null,
+        udp: this.udp ? {
+          listen: this.udp.endpoint,
+          ...this.receiverCounts('udp'),
+          drops: this.udp.sampleDrops(),
+          receiveBuffer: this.udp.receiveBuffer,
         } : null,
-        udp: null,
-        files: null,
+        files: this.files ? {
+          listen: this.files.paths.join(', '),
+          ...this.receiverCounts('files'),
+          rotations: { rename: this.stats.rotations.get('rename'), truncate: this.stats.rotations.get('truncate') },
+          files: this.files.status(),
+        } : null,
       },
       trackedClients: this.limiter.tracked(),
       activeBlocks: this.blocker.size,
@@ -246,7 +355,7 @@ export class Daemon implements ControlApi {
         refused: this.stats.firewallRefused,
         driftRepairs: this.stats.driftRepairs,
       },
-      redis: null,
+      redis: this.redis?.status() ?? null,
       lastErrors: [...this.blocker.lastErrors],
     };
   }
@@ -263,12 +372,14 @@ export class Daemon implements ControlApi {
     let durationMs = this.config.rules[0]?.block ?? 21_600_000;
     if (input.for !== undefined) {
       const parsed = parseDuration(input.for);
-      if (parsed === null || parsed <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", got ${JSON.stringify(input.for)}`);
+      if (parsed === null || parsed <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(input.for)}`);
       durationMs = parsed;
     }
     const reason = input.reason === undefined ? 'manual' : input.reason.slice(0, 200);
     const outcome = this.blocker.block({ net, durationMs, source: 'manual', rule: null, reason, hits: null });
-    await this.blocker.settle();
+    if (outcome !== 'unchanged') this.redis?.published(this.blocker.get(net));
+    // This block in the kernel, not every block a storm keeps deciding.
+    await this.blocker.committed();
     const block = this.blocker.get(net);
     if (!block) throw new RatedError('FIREWALL_FAILED', `${net.text} could not be blocked`);
     return { block: viewBlock(block), outcome };
@@ -283,12 +394,33 @@ export class Daemon implements ControlApi {
       if (client) lifted = this.blocker.unblock(client);
     }
     this.limiter.forget(net);
-    await this.blocker.settle();
+    if (this.redis) {
+      // Lift it on every node, also where it is held as the client's IPv6 network.
+      const nets = new Map([[net.text, net]]);
+      if (lifted) nets.set(lifted.net.text, lifted.net);
+      else if (net.family === 6 && net.prefix === 128) {
+        const client = parseNetwork(`${net.text}/${this.config.ipv6Prefix}`);
+        if (client) nets.set(client.text, client);
+      }
+      for (const n of nets.values()) this.redis.unblocked(n);
+    }
+    await this.blocker.committed();
     return lifted ? viewBlock(lifted) : null;
   }
 
   async flush(): Promise<number> {
-    return this.blocker.flush();
+    const n = await this.blocker.flush();
+    this.redis?.flushed();
+    return n;
+  }
+
+  /** Checks our firewall state now and repairs it (SIGHUP); one check at a time, none before start or while stopping. */
+  repairNow(): Promise<void> {
+    if (!this.started || this.stopping) return Promise.resolve();
+    this.repairing ??= this.blocker.repair().finally(() => {
+      this.repairing = null;
+    });
+    return this.repairing;
   }
 
   async metrics(): Promise<string> {
@@ -309,14 +441,34 @@ export class Daemon implements ControlApi {
   }
 
   private async refreshDrops(): Promise<void> {
-    this.droppedPackets = (await this.backend.check()).droppedPackets;
+    if (this.refreshing) return;
+    this.refreshing = true;
+    try {
+      this.droppedPackets = (await this.backend.check()).droppedPackets;
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  /** Received, rejected and ignored notifications of one receiver, and its recent rate. */
+  private receiverCounts(receiver: string): { received: number; rejected: number; ignored: number; perSecond: number } {
+    return {
+      received: this.stats.received.get(receiver),
+      rejected: sumPrefix(this.stats.rejected.values, `${receiver}\t`),
+      ignored: sumPrefix(this.stats.ignored.values, `${receiver}\t`),
+      perSecond: this.rates.perSecond.get(receiver) ?? 0,
+    };
   }
 
   private sampleRates(): void {
     const now = Date.now();
-    const received = this.stats.received.total();
     const elapsed = (now - this.rates.at) / 1000;
-    this.rates = { at: now, received, perSecond: elapsed > 0 ? Math.round((received - this.rates.received) / elapsed) : 0 };
+    const received = new Map(this.stats.received.values);
+    const perSecond = new Map<string, number>();
+    for (const [receiver, n] of received) {
+      perSecond.set(receiver, elapsed > 0 ? Math.round((n - (this.rates.received.get(receiver) ?? 0)) / elapsed) : 0);
+    }
+    this.rates = { at: now, received, perSecond };
   }
 }
 

@@ -1,14 +1,24 @@
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
 const DURATION = /^(\d{1,9})(ms|s|m|h|d|w)?$/;
 
-/** Parses `90s`, `10m`, `6h`, `1d` or plain seconds into milliseconds; null when invalid. */
+/**
+ * The longest duration accepted anywhere: ten years. Longer ones would give
+ * times a Date cannot hold (`999999999w`) and kernel timeouts nft refuses.
+ */
+export const MAX_DURATION_MS = 3650 * 86_400_000;
+
+/** Parses `90s`, `10m`, `6h`, `1d` or plain seconds into milliseconds; null when invalid or longer than MAX_DURATION_MS. */
 export function parseDuration(input: string | number): number | null {
+  let ms: number;
   if (typeof input === 'number') {
-    return Number.isSafeInteger(input) && input >= 0 ? input * 1000 : null;
+    if (!Number.isSafeInteger(input) || input < 0) return null;
+    ms = input * 1000;
+  } else {
+    const m = DURATION.exec(input.trim());
+    if (!m) return null;
+    ms = Number(m[1]) * (UNITS[m[2] ?? 's'] ?? 1000);
   }
-  const m = DURATION.exec(input.trim());
-  if (!m) return null;
-  return Number(m[1]) * (UNITS[m[2] ?? 's'] ?? 1000);
+  return ms <= MAX_DURATION_MS ? ms : null;
 }
 
 /** Formats milliseconds as the shortest exact duration: `120s`, `6h`, `1d`, `90m`. */

@@ -41,6 +41,12 @@ export class Metrics {
   firewallRefused = 0;
   driftRepairs = 0;
   redisUp: number | null = null;
+  /** Datagrams the kernel dropped on the UDP receiver's socket (receive buffer full), from /proc; null without UDP. */
+  udpDrops: number | null = null;
+  /** The UDP receiver's socket receive buffer as the kernel reports it, in bytes; null without UDP. */
+  udpReceiveBuffer: number | null = null;
+  /** Rotations of followed files, keyed by kind: rename, truncate. */
+  readonly rotations = new LabelledCount();
 
   readonly registry = new Registry();
   readonly batchSeconds: Histogram;
@@ -71,6 +77,9 @@ export class Metrics {
     labelled('rated_blocks_total', 'Blocks started, per rule and source.', ['rule', 'source'], this.blocks);
     labelled('rated_unblocks_total', 'Blocks lifted, per cause.', ['cause'], this.unblocks);
     labelled('rated_errors_total', 'Errors, per component.', ['component'], this.errors);
+    labelled('rated_file_rotations_total', 'Rotations of followed access logs seen, per kind (rename, truncate).', ['kind'], this.rotations);
+    plain('rated_udp_drops_total', 'Datagrams the kernel dropped on the UDP receiver\'s socket because its receive buffer was full (0 without UDP).', () => this.udpDrops ?? 0);
+    gauge('rated_udp_receive_buffer_bytes', 'Receive buffer of the UDP receiver\'s socket, as the kernel reports it.', () => this.udpReceiveBuffer);
     plain('rated_firewall_batches_total', 'Transactions sent to the firewall.', () => this.firewallBatches);
     plain('rated_firewall_elements_total', 'Element changes sent to the firewall.', () => this.firewallElements);
     plain('rated_firewall_refused_total', 'Element changes the firewall refused.', () => this.firewallRefused);

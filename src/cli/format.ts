@@ -18,6 +18,16 @@ function time(iso: string | null): string {
   return iso === null ? '-' : iso.replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
 }
 
+// Control characters and bidirectional overrides, which would let a reason
+// (typed by someone, or arriving from another node) drive the terminal.
+// eslint-disable-next-line no-control-regex -- control characters are what it looks for
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** Text safe to print to a terminal: unprintable characters as `\u….` escapes. */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** Renders blocks as a table for people. */
 export function blocksTable(blocks: readonly BlockView[], now = Date.now()): string {
   if (blocks.length === 0) return 'No active blocks.';
@@ -29,7 +39,7 @@ export function blocksTable(blocks: readonly BlockView[], now = Date.now()): str
     time(b.since),
     b.expires === null ? 'never' : `${time(b.expires)} (${remaining(Date.parse(b.expires) - now)})`,
     b.reason ?? '-',
-  ]);
+  ].map(printable));
   const header = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'REASON'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');

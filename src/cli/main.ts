@@ -4,6 +4,7 @@ import { describe, EXIT, RatedError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { block, flush, list, unblock } from './commands/blocks.js';
 import { checkConfig } from './commands/check-config.js';
+import { replay, STDIN } from './commands/replay.js';
 import { run } from './commands/run.js';
 import { status } from './commands/status.js';
 
@@ -35,11 +36,24 @@ function cli(argv: string[]) {
     .command('status', 'show whether rated is up and what it is doing', (y) => y
       .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
     async (a) => status({ config: a.config, socket: a.socket, json: a.json }))
-    .command('check-config', 'validate and print the effective configuration', (y) => y,
-      (a) => checkConfig({ config: a.config, socket: a.socket }))
+    .command('check-config', 'validate and print the effective configuration', (y) => y
+      .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing when it is valid (service start-up checks)' }),
+    (a) => checkConfig({ config: a.config, socket: a.socket, quiet: a.quiet }))
+    .command('replay <logs..>', 'run nginx access logs through the rules on their own timestamps; touches nothing', (y) => y
+      .positional('logs', { type: 'string', array: true, demandOption: true, describe: 'access logs (combined format; .gz read directly; - for stdin), oldest first' })
+      .option('json', { type: 'boolean', describe: 'JSON for scripts' })
+      .option('pattern', { type: 'string', describe: 'regex with named groups ip and time (and method, status, host, uri) for another log format' })
+      .option('allow-self', { type: 'boolean', describe: 'also spare this host\'s own addresses (allowSelf; off: logs are often replayed elsewhere)' }),
+    async (a) => replay({ config: a.config, socket: a.socket, logs: a.logs, json: a.json, pattern: a.pattern, allowSelf: a.allowSelf }))
     .demandCommand(1, 'name a command; see rated --help')
     .strict()
-    .fail(false)
+    // yargs reports a usage mistake (unknown option, missing argument) with a
+    // message and no error; an error is a handler's own, passed on unchanged.
+    .fail((msg: string | null, err: Error | undefined) => {
+      if (err) throw err;
+      const text = msg ?? 'invalid arguments';
+      throw new RatedError('USAGE', text.includes('--help') ? text : `${text} (see rated --help)`);
+    })
     .version(VERSION)
     .help()
     .alias('help', 'h')
@@ -48,8 +62,13 @@ function cli(argv: string[]) {
 
 /** Runs the CLI and exits with SPEC §2's codes; the only place that exits on an error. */
 export async function main(argv: string[]): Promise<void> {
+  // `rated replay … | head`: a reader that went away is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.ok);
+  });
   try {
-    await cli(argv).parseAsync();
+    // yargs drops a lone "-" from positionals: hand it over as a name no file can have.
+    await cli(argv.map((a) => (a === '-' ? STDIN : a))).parseAsync();
   } catch (err) {
     if (err instanceof RatedError) {
       process.stderr.write(`rated: ${err.message}\n`);

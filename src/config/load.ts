@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { parseNetwork } from '../address.js';
 import { configError } from '../errors.js';
 import { compileRules } from '../limit/rules.js';
+import { compilePattern } from '../receive/line.js';
 import { configSchema, type Config } from './schema.js';
 
 /** Where the configuration came from: a file path, or the embedded defaults. */
@@ -48,7 +50,13 @@ export function parseConfigText(text: string, file: string): Config {
     const line = yamlError.linePos?.[0]?.line;
     throw configError(file, `invalid YAML${line ? ` at line ${line}` : ''}: ${yamlError.message.split('\n')[0] ?? ''}`);
   }
-  const raw: unknown = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    // Resolving aliases can fail on a document built to exhaust memory ("billion laughs").
+    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    throw configError(file, `invalid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
+  }
   return parseConfig(raw);
 }
 
@@ -77,6 +85,16 @@ function crossCheck(config: Config): void {
   if (udp && !isLoopback(udp.address)) {
     throw configError('receivers.udp.address', `must be a loopback address: UDP carries no token and its source can be forged, got ${JSON.stringify(udp.address)}`);
   }
+  if (udp?.pattern) {
+    try {
+      compilePattern(udp.pattern);
+    } catch (err) {
+      throw configError('receivers.udp.pattern', (err as Error).message);
+    }
+  }
+  config.receivers.files.forEach((path, i) => {
+    if (!isAbsolute(path)) throw configError(`receivers.files[${i}]`, `expected an absolute path, got ${JSON.stringify(path)}`);
+  });
   try {
     compileRules(config.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })));
   } catch (err) {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseNetwork } from '../address.js';
 import { parseDuration } from '../duration.js';
+import { parseRedisUrl } from '../redis/url.js';
 
 // One schema is the single source of the configuration's type, defaults and
 // error messages. Durations are read as text ("90s", "6h") or seconds and
@@ -9,7 +10,7 @@ import { parseDuration } from '../duration.js';
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === null) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration like "60s", "10m", "6h", "1d" or seconds, got ${JSON.stringify(value)}` });
+    ctx.addIssue({ code: 'custom', message: `expected a duration like "60s", "10m", "6h", "1d" or seconds, at most 3650d, got ${JSON.stringify(value)}` });
     return z.NEVER;
   }
   return ms;
@@ -72,10 +73,16 @@ const rule = z.strictObject({
   block: positiveDuration,
 });
 
+const redisUrl = checked((s) => parseRedisUrl(s) !== null, 'a URL like redis://127.0.0.1:6379/0 (or rediss:// for TLS)');
+const clusterUrl = checked((s) => parseRedisUrl(s)?.db === 0, 'a URL like redis://10.0.0.1:7000 (Redis Cluster has database 0 only)');
+
 const redis = z.strictObject({
-  url: z.string().regex(/^rediss?:\/\//, 'expected a redis:// URL').optional(),
-  cluster: z.array(z.string().regex(/^rediss?:\/\//, 'expected a redis:// URL')).min(1).optional(),
-  prefix: z.string().default('rated:'),
+  url: redisUrl.optional(),
+  cluster: z.array(clusterUrl).min(1).optional(),
+  // Braces would make the prefix the hash tag and put every key on one cluster slot.
+  prefix: z.string().regex(/^[^{}\s]{1,64}$/, 'expected 1 to 64 characters without spaces or braces').default('rated:'),
+  timeout: positiveDuration.default(500),
+  syncInterval: positiveDuration.default(30_000),
 }).refine((r) => (r.url === undefined) !== (r.cluster === undefined), 'set exactly one of url and cluster');
 
 /** The configuration schema (SPEC §3). */

@@ -20,7 +20,12 @@ export class ControlServer {
 
   /** Binds the socket, replacing a stale one left by a crash; a live one means another daemon runs. */
   async listen(): Promise<void> {
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o750 });
+    try {
+      mkdirSync(dirname(this.path), { recursive: true, mode: 0o750 });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw new RatedError('BIND_FAILED', `control.socket: cannot create ${dirname(this.path)}: ${code}; run as root or give --socket PATH`, { cause: err });
+    }
     if (await isAlive(this.path)) {
       throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${this.path}; stop it first (rated status)`);
     }
@@ -31,7 +36,7 @@ export class ControlServer {
     }
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', (err: NodeJS.ErrnoException) => {
-        reject(new RatedError('BIND_FAILED', `control.socket: cannot listen on ${this.path}: ${err.code ?? err.message}`));
+        reject(new RatedError('BIND_FAILED', `control.socket: cannot listen on ${this.path}: ${err.code ?? err.message}`, { cause: err }));
       });
       this.server.listen(this.path, () => resolve());
     });
@@ -46,8 +51,7 @@ export class ControlServer {
   }
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://rated');
-    const path = url.pathname;
+    const path = pathOf(req.url ?? '/');
     const method = req.method ?? 'GET';
     if (path === '/status' && method === 'GET') return send(res, 200, await this.api.status());
     if (path === '/metrics' && method === 'GET') {
@@ -74,7 +78,7 @@ export class ControlServer {
       return send(res, 405, { error: `${method} is not allowed on /blocks` });
     }
     if (path.startsWith('/blocks/') && method === 'DELETE') {
-      const ip = decodeURIComponent(path.slice('/blocks/'.length));
+      const ip = decodeTarget(path.slice('/blocks/'.length));
       const lifted = await this.api.unblock(ip);
       if (!lifted) return send(res, 404, { error: `${ip} is not blocked`, code: 'NOT_FOUND' });
       return send(res, 200, lifted);
@@ -90,6 +94,24 @@ export class ControlServer {
     }
     this.log.error({ err: describe(err) }, 'control request failed');
     send(res, 500, { error: describe(err), code: 'INTERNAL' });
+  }
+}
+
+/** The path of a request target; a target no URL parser accepts is the client's error. */
+function pathOf(target: string): string {
+  try {
+    return new URL(target, 'http://rated').pathname;
+  } catch {
+    throw new RatedError('USAGE', `malformed request target ${JSON.stringify(target.slice(0, 64))}`);
+  }
+}
+
+/** The address or CIDR network in a /blocks/<ip> path; malformed percent-encoding is the client's error. */
+function decodeTarget(encoded: string): string {
+  try {
+    return decodeURIComponent(encoded);
+  } catch {
+    throw new RatedError('USAGE', `expected an IP address or CIDR network, got ${JSON.stringify(encoded.slice(0, 64))}`);
   }
 }
 

@@ -41,6 +41,11 @@ export interface LimiterOptions {
   readonly isBlocked: (client: Network) => boolean;
   /** Called synchronously, at most once per `record()`, when a client goes over a limit. */
   readonly onVerdict: (v: Verdict) => void;
+  /**
+   * Called for every hit a rule counted, with the rule's index in `rules`,
+   * so the hit can be counted in a shared store too (see `convictShared`).
+   */
+  readonly onCount?: (client: Network, rule: number, at: number) => void;
   /** Wall clock for escalation memory, in ms since the epoch. @default Date.now */
   readonly now?: () => number;
 }
@@ -75,6 +80,7 @@ export class Limiter {
   private readonly escalation: Escalation;
   private readonly isBlocked: (client: Network) => boolean;
   private readonly onVerdict: (v: Verdict) => void;
+  private readonly onCount: ((client: Network, rule: number, at: number) => void) | undefined;
   private readonly now: () => number;
   private readonly clients: LRUCache<string, number>;
   /** Offence history in order of last offence, oldest first; bounded by maxClients. */
@@ -83,6 +89,8 @@ export class Limiter {
   /** Slots handed out so far; freed ones go to `free`. */
   private used = 0;
   private readonly free: number[] = [];
+  /** A client whose counters were zeroed but whose entry was kept (see drop); not tracked. */
+  private parked: string | null = null;
 
   constructor(opts: LimiterOptions) {
     if (!(Number.isInteger(opts.maxClients) && opts.maxClients >= 1)) {
@@ -106,13 +114,15 @@ export class Limiter {
     this.escalation = opts.escalation;
     this.isBlocked = opts.isBlocked;
     this.onVerdict = opts.onVerdict;
+    this.onCount = opts.onCount;
     this.now = opts.now ?? Date.now;
     // One slot more than maxClients: a new client takes its slot before
     // set() evicts the least recent one and frees another.
     this.slab = new Uint32Array(Math.min(INITIAL_SLOTS, opts.maxClients + 1) * stride);
     this.clients = new LRUCache<string, number>({
       max: opts.maxClients,
-      dispose: (slot, _key, reason) => {
+      dispose: (slot, key, reason) => {
+        if (key === this.parked) this.parked = null;
         this.free.push(slot);
         if (reason === 'evict') this.stats.evictions++;
       },
@@ -141,6 +151,7 @@ export class Limiter {
       if (!matches(rule, hit)) continue;
       if (base < 0) base = this.slotOf(client.text) * this.stride;
       const n = add(this.slab, base + (this.offsets[i] ?? 0), rule.window, hit.at);
+      this.onCount?.(client, i, hit.at);
       if (n > rule.limit && (tripped === null || rule.blockMs > tripped.blockMs)) {
         tripped = rule;
         trippedHits = n;
@@ -161,7 +172,7 @@ export class Limiter {
     if (target.prefix >= clientPrefix) {
       // An address may be counted on its own (see record) or under its network.
       for (const key of new Set([target.text, toNetwork(target, clientPrefix).text])) {
-        this.clients.delete(key);
+        this.drop(key);
         this.offences.delete(key);
       }
       return;
@@ -175,9 +186,22 @@ export class Limiter {
     for (const key of [...this.offences.keys()].filter(inside)) this.offences.delete(key);
   }
 
+  /**
+   * Blocks a client that went over rule `rule` (an index in `rules`) in a
+   * shared count, as if it had here: escalation, one verdict, counters reset.
+   * Returns false, doing nothing, when the client is allow-listed or already
+   * blocked.
+   */
+  convictShared(client: Network, rule: number, hits: number): boolean {
+    const r = this.rules[rule];
+    if (!r || this.allow.has(client) || this.isBlocked(client)) return false;
+    this.convict(client, r, hits);
+    return true;
+  }
+
   /** Number of clients with counters. */
   tracked(): number {
-    return this.clients.size;
+    return this.clients.size - (this.parked !== null && this.clients.has(this.parked) ? 1 : 0);
   }
 
   /** The offence histories still within escalation memory, oldest offence first, for the journal. */
@@ -209,7 +233,7 @@ export class Limiter {
   private convict(client: Network, rule: CompiledRule, hits: number): void {
     const key = client.text;
     // Start from zero after the block; the slot is free until the client returns.
-    this.clients.delete(key);
+    this.drop(key);
     const offence = nextOffence(this.offences.get(key), this.now(), this.escalation.memoryMs);
     this.remember(key, offence);
     this.stats.verdicts++;
@@ -235,9 +259,29 @@ export class Limiter {
   }
 
   /** The client's slot, taking a zeroed one for a new client. */
+  /**
+   * Forgets a client's counters. lru-cache empties every one of its
+   * preallocated arrays (maxClients long) when its last entry is deleted,
+   * which a flood of one-shot offenders would make happen on every verdict:
+   * the last client is zeroed and parked in place instead.
+   */
+  private drop(key: string): void {
+    const slot = this.clients.peek(key);
+    if (slot === undefined) return;
+    if (this.clients.size > 1) {
+      this.clients.delete(key);
+      return;
+    }
+    this.slab.fill(0, slot * this.stride, (slot + 1) * this.stride);
+    this.parked = key;
+  }
+
   private slotOf(key: string): number {
     const known = this.clients.get(key);
-    if (known !== undefined) return known;
+    if (known !== undefined) {
+      if (key === this.parked) this.parked = null;
+      return known;
+    }
     const slot = this.free.pop() ?? this.grow();
     this.slab.fill(0, slot * this.stride, (slot + 1) * this.stride);
     // A text built piece by piece (IPv6 networks) is a tree of string parts in

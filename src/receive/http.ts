@@ -33,6 +33,8 @@ const SERVER_OPTIONS = {
   keepAliveTimeout: 75_000,
   connectionsCheckingInterval: 1000,
   insecureHTTPParser: false,
+  // Node would answer a request without Host itself, before the handler could count it; we never read Host.
+  requireHostHeader: false,
 };
 
 /** The HTTP receiver for nginx `post_action` notifications. */
@@ -51,6 +53,14 @@ export class HttpReceiver {
     this.server.maxConnections = 4096;
     this.server.on('connection', (socket: Socket) => {
       if (isLoopback(socket.remoteAddress)) this.trusted.add(socket);
+    });
+    // Without a listener Node drops a CONNECT silently; answer and count it like any other method.
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+      // The socket is ours now, errors included: a reset must not become an uncaught exception.
+      socket.on('error', () => socket.destroy());
+      this.reject('method', undefined);
+      socket.end('HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      socket.destroySoon();
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const code = err.code ?? 'unknown';

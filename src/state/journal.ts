@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync, mkdirSync } from 'node:fs';
+import { closeSync, fchownSync, fsyncSync, openSync, statSync, readFileSync, renameSync, unlinkSync, writeSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseNetwork } from '../address.js';
 import type { Block, Source } from '../enforce/index.js';
@@ -48,8 +48,11 @@ export class Journal {
     this.path = join(dir, 'blocks.json');
   }
 
-  /** Reads the journal; a corrupt or unknown-version file is moved to `.bad` and treated as empty. */
-  load(): JournalLoad {
+  /**
+   * Reads the journal; a corrupt or unknown-version file is treated as empty
+   * and, unless `moveAside` is false, moved to `.bad`.
+   */
+  load(moveAside = true): JournalLoad {
     let text: string;
     try {
       text = readFileSync(this.path, 'utf8');
@@ -60,6 +63,7 @@ export class Journal {
     try {
       return { ...parseJournal(text), movedAside: null, error: null };
     } catch (err) {
+      if (!moveAside) return { blocks: [], offences: [], movedAside: null, error: (err as Error).message };
       const bad = `${this.path}.bad`;
       try {
         renameSync(this.path, bad);
@@ -81,7 +85,8 @@ export class Journal {
     let fd: number | null = null;
     try {
       fd = openSync(tmp, 'w', 0o640);
-      writeSync(fd, text);
+      keepDirOwner(fd, this.dir);
+      writeAll(fd, Buffer.from(text, 'utf8'));
       fsyncSync(fd);
       closeSync(fd);
       fd = null;
@@ -102,6 +107,26 @@ export class Journal {
       throw err;
     }
   }
+}
+
+/**
+ * Root writing the journal (the CLI while the daemon is down) gives the file
+ * to the directory's owner: a daemon running as its own user must still read
+ * and replace it.
+ */
+function keepDirOwner(fd: number, dir: string): void {
+  if (process.getuid?.() !== 0) return;
+  const st = statSync(dir);
+  if (st.uid !== 0 || st.gid !== 0) fchownSync(fd, st.uid, st.gid);
+}
+
+/**
+ * Writes every byte: on a nearly full disk write(2) may take only part of the
+ * buffer without an error, and the rest then fails with ENOSPC.
+ */
+function writeAll(fd: number, data: Buffer): void {
+  let offset = 0;
+  while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
 }
 
 /** Parses and validates journal text; throws on anything unexpected. */

@@ -1,8 +1,9 @@
 import { createInterface } from 'node:readline/promises';
+import { toNetwork } from '../../address.js';
 import { parseBlockTarget } from '../../daemon.js';
 import { RatedError } from '../../errors.js';
 import type { BlockView } from '../../enforce/index.js';
-import { api, daemonOrKernel, forgetInJournal, out, type GlobalArgs } from '../context.js';
+import { api, configOf, daemonOrKernel, forgetInJournal, out, type GlobalArgs } from '../context.js';
 import { blocksTable } from '../format.js';
 
 /** `rated list`: active blocks, from the daemon or, when it is down, from the kernel. */
@@ -42,13 +43,16 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
       }
     },
     async (backend) => {
-      const inJournal = forgetInJournal(args, (b) => b.net.text === net.text) > 0;
-      const present = (await backend.list()).some((e) => e.net.text === net.text);
-      if (!present) return inJournal ? net.text : null;
-      backend.delete(net);
+      // IPv6 clients are blocked per network, as the daemon does: an address stands for its network.
+      const client = net.family === 6 && net.prefix === 128 ? toNetwork(net, configOf(args).config.ipv6Prefix) : net;
+      const kernel = await backend.list();
+      const target = kernel.some((e) => e.net.text === net.text) ? net : client;
+      const inJournal = forgetInJournal(args, (b) => b.net.text === net.text || b.net.text === target.text, client) > 0;
+      if (!kernel.some((e) => e.net.text === target.text)) return inJournal ? target.text : null;
+      backend.delete(target);
       const result = await backend.commit();
-      if (result.failed.length > 0) throw new RatedError('FIREWALL_FAILED', `cannot remove ${net.text}: ${result.failed[0]?.error ?? ''}`);
-      return net.text;
+      if (result.failed.length > 0) throw new RatedError('FIREWALL_FAILED', `cannot remove ${target.text}: ${result.failed[0]?.error ?? ''}`);
+      return target.text;
     },
   );
   if (lifted === null) throw new RatedError('NOT_FOUND', `${net.text} is not blocked (rated list shows what is)`);

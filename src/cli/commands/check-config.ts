@@ -3,9 +3,10 @@ import type { Config } from '../../config/schema.js';
 import { formatDuration } from '../../duration.js';
 import { configOf, out, type GlobalArgs } from '../context.js';
 
-/** `rated check-config`: validates and prints the effective configuration. */
-export function checkConfig(args: GlobalArgs): void {
+/** `rated check-config`: validates and prints the effective configuration (with --quiet, only errors). */
+export function checkConfig(args: GlobalArgs & { quiet?: boolean }): void {
   const { config, source } = configOf(args);
+  if (args.quiet === true) return;
   out(`# configuration OK (${source})`);
   out(stringify(display(config)).trimEnd());
 }

@@ -24,12 +24,34 @@ export async function status(args: GlobalArgs & { json?: boolean }): Promise<voi
   out(`backend:         ${String(s.backend)}${s.table ? ` (table ${String(s.table)})` : ''}`);
   for (const [name, r] of Object.entries(receivers)) {
     if (!r) continue;
-    out(`receiver ${name.padEnd(7)} ${String(r.listen)}: ${String(r.received)} received, ${String(r.rejected)} rejected, ${String(r.ignored)} ignored, ${String(r.perSecond)}/s`);
+    const drops = typeof r.drops === 'number' ? `, ${r.drops} datagrams lost` : '';
+    out(`receiver ${name.padEnd(7)} ${String(r.listen)}: ${String(r.received)} received, ${String(r.rejected)} rejected, ${String(r.ignored)} ignored, ${String(r.perSecond)}/s${drops}`);
+    if (Array.isArray(r.files)) {
+      for (const f of r.files as Array<{ path: string; state: string; error: string | null }>) {
+        out(`  ${f.path}: ${f.state}${f.error ? ` (${f.error})` : ''}`);
+      }
+    }
   }
   out(`tracked clients: ${String(s.trackedClients)}`);
   out(`active blocks:   ${String(s.activeBlocks)}${s.droppedPackets === null ? '' : ` (${String(s.droppedPackets)} packets dropped)`}`);
   out(`firewall:        ${fw.batches} batches, ${fw.elements} changes, ${fw.refused} refused, ${fw.driftRepairs} drift repairs`);
-  out(`redis:           ${s.redis === null ? 'not configured' : JSON.stringify(s.redis)}`);
+  out(`redis:           ${redisLine(s.redis)}`);
   out(`last errors:     ${errors.length === 0 ? 'none' : ''}`);
   for (const e of errors) out(`  ${e.at}  ${e.error}`);
+}
+
+/** One line for people: where Redis is, whether it answers, and what sharing did. */
+function redisLine(r: unknown): string {
+  if (r === null || typeof r !== 'object') return 'not configured';
+  const x = r as {
+    mode?: string; url?: string | string[]; up?: boolean; since?: string; lastError?: string | null;
+    counting?: { hits?: number; failed?: number; skipped?: number };
+    blocks?: { published?: number; adopted?: number; refused?: number };
+  };
+  const where = Array.isArray(x.url) ? x.url.join(', ') : String(x.url);
+  const state = x.up ? `up since ${String(x.since)}` : `DOWN since ${String(x.since)}, counting locally${x.lastError ? ` (${x.lastError})` : ''}`;
+  const c = x.counting ?? {};
+  const b = x.blocks ?? {};
+  return `${String(x.mode)} ${where}: ${state}; ${c.hits ?? 0} hits shared, ${c.skipped ?? 0} local only; `
+    + `${b.published ?? 0} blocks shared, ${b.adopted ?? 0} adopted, ${b.refused ?? 0} refused`;
 }
