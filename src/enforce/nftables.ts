@@ -20,6 +20,13 @@ const SETS = { 4: 'v4', 6: 'v6' } as const;
 
 type Json = Record<string, unknown>;
 
+/**
+ * Our structure without set elements. nft 1.0.6 reads every element of an
+ * interval set into its cache for `list tables` or `list table -t` (1.5–1.7 s
+ * with 100,000 elements); a terse `list ruleset` does not (under 10 ms).
+ */
+const LIST_STRUCTURE = ['-j', '-t', 'list', 'ruleset', 'inet'];
+
 // Rendering is pure: every batch is a JSON document for `nft -j -f -`. JSON
 // input cannot be turned into extra commands by a crafted string, and every
 // address in it was produced by the validator.
@@ -31,8 +38,8 @@ function elementValue(net: Network): unknown {
   return { prefix: { addr: net.text.slice(0, slash), len: net.prefix } };
 }
 
-function element(o: NftOptions, net: Network, elem: unknown[]): Json {
-  return { element: { family: 'inet', table: o.table, name: SETS[net.family], elem } };
+function element(o: NftOptions, family: 4 | 6, elem: unknown[]): Json {
+  return { element: { family: 'inet', table: o.table, name: SETS[family], elem } };
 }
 
 /** Renders our table, sets, chain and rules; applying it twice changes nothing. */
@@ -71,13 +78,23 @@ export function renderStructure(o: NftOptions, recreateChain: boolean): Json {
  * already gone is handled in `commit` instead.
  */
 export function renderOps(o: NftOptions, ops: readonly Op[]): Json {
-  const commands: Json[] = [];
+  // One delete and one add command per set, deletes first: an add may
+  // overlap an element deleted in the same batch (a /24 lifted, an address
+  // inside it blocked), and nft parses one command of 100,000 elements in
+  // half the time of 100,000 commands.
+  const deletes: Record<4 | 6, unknown[]> = { 4: [], 6: [] };
+  const adds: Record<4 | 6, unknown[]> = { 4: [], 6: [] };
   for (const op of ops) {
     const value = elementValue(op.net);
-    if (op.kind === 'delete' || op.replace) commands.push({ delete: element(o, op.net, [value]) });
-    if (op.kind === 'add') {
-      commands.push({ add: element(o, op.net, [{ elem: { val: value, timeout: timeoutSeconds(op.timeoutMs) } }]) });
-    }
+    if (op.kind === 'delete' || op.replace) deletes[op.net.family].push(value);
+    if (op.kind === 'add') adds[op.net.family].push({ elem: { val: value, timeout: timeoutSeconds(op.timeoutMs) } });
+  }
+  const commands: Json[] = [];
+  for (const family of [4, 6] as const) {
+    if (deletes[family].length > 0) commands.push({ delete: element(o, family, deletes[family]) });
+  }
+  for (const family of [4, 6] as const) {
+    if (adds[family].length > 0) commands.push({ add: element(o, family, adds[family]) });
   }
   return { nftables: commands };
 }
@@ -120,7 +137,7 @@ export class NftablesBackend implements Backend {
   async probe(): Promise<void> {
     let result;
     try {
-      result = await this.run('nft', ['-j', 'list', 'tables']);
+      result = await this.run('nft', LIST_STRUCTURE);
     } catch (err) {
       const why = err instanceof CommandError && err.notFound ? 'nft is not installed' : (err as Error).message;
       throw new RatedError('FIREWALL_UNUSABLE', `nftables: ${why}`);
@@ -202,13 +219,17 @@ export class NftablesBackend implements Backend {
   }
 
   private async readTable(): Promise<Json[] | null> {
-    // Terse (-t): the structure without the elements, which list() reads; 100k of them are megabytes of JSON.
-    const result = await this.run('nft', ['-j', '-t', 'list', 'table', 'inet', this.options.table]);
+    const result = await this.run('nft', LIST_STRUCTURE);
     if (result.exitCode !== 0) {
-      if (/No such file or directory/.test(result.stderr)) return null;
       throw new RatedError('FIREWALL_FAILED', `nftables: cannot read table ${this.options.table}: ${firstLine(result.stderr)}`);
     }
-    return (JSON.parse(result.stdout) as { nftables?: Json[] }).nftables ?? [];
+    const items = (JSON.parse(result.stdout) as { nftables?: Json[] }).nftables ?? [];
+    const ours = items.filter((item) => {
+      const [kind, body] = Object.entries(item)[0] ?? [];
+      const o = body as Json | undefined;
+      return kind === 'table' ? o?.name === this.options.table : o?.table === this.options.table && o?.family === 'inet';
+    });
+    return ours.some((item) => 'table' in item) ? ours : null;
   }
 
   private chainMatches(items: Json[]): boolean {

@@ -91,8 +91,22 @@ test('renderOps: a delete is one delete, with no placeholder add that could coll
 test('renderOps: an IPv6 /64 goes to v6 as a prefix element, a single IPv6 address as a string', () => {
   assert.deepEqual(renderOps(OPTS, [add('2001:db8:1:2::/64', 3_600_000), del('2001:db8::1')]), {
     nftables: [
-      { add: v6([{ elem: { val: { prefix: { addr: '2001:db8:1:2::', len: 64 } }, timeout: 3600 } }]) },
       { delete: v6(['2001:db8::1']) },
+      { add: v6([{ elem: { val: { prefix: { addr: '2001:db8:1:2::', len: 64 } }, timeout: 3600 } }]) },
+    ],
+  });
+});
+
+test('renderOps: one delete and one add per set, deletes first, whatever the order of the queue', () => {
+  const doc = renderOps(OPTS, [
+    add('192.0.2.1', 60_000), add('2001:db8::7', 60_000), del('192.0.2.9'), add('192.0.2.2', 120_000, true), del('2001:db8::9'),
+  ]);
+  assert.deepEqual(doc, {
+    nftables: [
+      { delete: v4(['192.0.2.9', '192.0.2.2']) },
+      { delete: v6(['2001:db8::9']) },
+      { add: v4([{ elem: { val: '192.0.2.1', timeout: 60 } }, { elem: { val: '192.0.2.2', timeout: 120 } }]) },
+      { add: v6([{ elem: { val: '2001:db8::7', timeout: 60 } }]) },
     ],
   });
 });
