@@ -13,14 +13,17 @@ import type { BenchContext, Scenario } from './lib/context.js';
 import { killAllStarted } from './lib/proc.js';
 import { ROOT } from './lib/rated.js';
 import { markdownTable, Results, textTable, type Outcome } from './lib/results.js';
+import { blockLatency } from './scenarios/block-latency.js';
 import { blockScaling } from './scenarios/block-scaling.js';
 import { blockSpeed } from './scenarios/block-speed.js';
 import { ingest } from './scenarios/ingest.js';
+import { memory } from './scenarios/memory.js';
+import { redis } from './scenarios/redis.js';
 import { replay } from './scenarios/replay.js';
 import { restart } from './scenarios/restart.js';
 import { webCost } from './scenarios/web-cost.js';
 
-const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockScaling, replay, restart];
+const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, replay, restart, memory, redis];
 
 const USAGE = `usage: npm run bench -- [SCENARIO…] [options]
 

@@ -14,6 +14,8 @@ export interface RatedRule {
   readonly limit: number;
   readonly window: string;
   readonly block: string;
+  /** The rule's `match` (path, methods, status, host); every notification when absent. */
+  readonly match?: Readonly<Record<string, unknown>>;
 }
 
 export interface RatedSetup {
@@ -35,6 +37,8 @@ export interface RatedSetup {
   readonly dir?: string;
   /** How long to wait for the `rated started` line (default 30 s). */
   readonly startTimeoutMs?: number;
+  /** More top-level configuration keys (`tracking`, `redis`, `ipv6Prefix`…), written as they are. */
+  readonly config?: Readonly<Record<string, unknown>>;
 }
 
 /** One receiver's counters in `GET /status`. */
@@ -73,11 +77,13 @@ export function writeRatedConfig(dir: string, s: Omit<RatedSetup, 'namespace' | 
     `  udp: ${s.udp ? `{ address: 127.0.0.1, port: ${s.udp} }` : 'null'}`,
     `  files: [${(s.files ?? []).map((f) => JSON.stringify(f)).join(', ')}]`,
     'rules:',
-    ...s.rules.map((r) => `  - { name: ${r.name}, limit: ${r.limit}, window: ${r.window}, block: ${r.block} }`),
+    ...s.rules.map((r) => `  - { name: ${r.name}, limit: ${r.limit}, window: ${r.window}, block: ${r.block}${r.match ? `, match: ${JSON.stringify(r.match)}` : ''} }`),
     `firewall: { table: ${s.table ?? 'rated'} }`,
     `control: { socket: ${JSON.stringify(join(dir, 'rated.sock'))} }`,
     `state: { dir: ${JSON.stringify(join(dir, 'state'))} }`,
     'log: { level: info }',
+    // JSON is YAML flow syntax.
+    ...Object.entries(s.config ?? {}).map(([key, value]) => `${key}: ${JSON.stringify(value)}`),
     '',
   ];
   writeFileSync(path, lines.join('\n'));

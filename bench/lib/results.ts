@@ -55,6 +55,9 @@ export class Results {
   readonly rows: Row[] = [];
   readonly outcomes: Outcome[] = [];
 
+  /** `print` shows each row as it is added (stdout by default). */
+  constructor(private readonly print: (line: string) => void = (line) => process.stdout.write(line)) {}
+
   /** Records a figure and prints it at once, so a long run shows progress. */
   add(scenario: string, input: RowInput): Row {
     const baseline = input.baseline ?? null;
@@ -71,7 +74,7 @@ export class Results {
     }
     const row: Row = { scenario, name: input.name, value: input.value, unit: input.unit, baseline, ratio, target, met, note: input.note ?? null };
     this.rows.push(row);
-    process.stdout.write(`  → ${describeRow(row)}\n`);
+    this.print(`  → ${describeRow(row)}\n`);
     return row;
   }
 

@@ -62,6 +62,7 @@ export async function createNamespace(prefix: string): Promise<Namespace> {
 
 /** Deletes a namespace; deleting one that is already gone is not an error. */
 export async function deleteNamespace(name: string): Promise<void> {
+  await killInside(name);
   const r = await ip(['netns', 'delete', name]);
   live.delete(name);
   if (r.exitCode !== 0 && !/No such file or directory/i.test(r.stderr)) {
@@ -101,9 +102,36 @@ export async function veth(nsA: Namespace, nsB: Namespace, addrs: VethAddresses)
 
 let safetyNet = false;
 
+/**
+ * Kills what still runs inside a namespace of ours: everything there was
+ * started by the test. Deleting the name alone would leave such a process
+ * running: an `nft` orphaned by a daemon killed with -9 was once seen busy
+ * on a CPU for minutes after its test had ended.
+ */
+async function killInside(name: string): Promise<void> {
+  const r = await ip(['netns', 'pids', name]);
+  if (r.exitCode === 0) killPids(r.stdout);
+}
+
+function killPids(listing: string): void {
+  for (const pid of listing.split(/\s+/).filter(Boolean).map(Number)) {
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+}
+
 /** Deletes, synchronously, every namespace this process created and still holds. */
 function cleanupSync(): void {
   for (const name of live) {
+    try {
+      killPids(execFileSync('ip', ['netns', 'pids', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+    } catch {
+      // no such namespace
+    }
     try {
       execFileSync('ip', ['netns', 'delete', name], { stdio: 'ignore' });
     } catch {
