@@ -14,7 +14,7 @@ import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { WindowSpec } from './limit/sliding-window.js';
 import { Metrics } from './metrics.js';
-import { RedisSharing } from './redis/index.js';
+import type { RedisSharing } from './redis/index.js';
 import { FileReceiver } from './receive/file.js';
 import { HttpReceiver } from './receive/http.js';
 import { UdpReceiver } from './receive/udp.js';
@@ -129,6 +129,8 @@ export class Daemon implements ControlApi {
     const reconciled = await this.blocker.resync(true);
     const reconcileMs = Math.round(performance.now() - reconcileStarted);
     if (c.redis) {
+      // Loaded only when configured: the Redis client costs about 20 MB of memory.
+      const { RedisSharing } = await import('./redis/index.js');
       this.redis = new RedisSharing({
         config: c.redis,
         rules: c.rules.map((r) => ({ name: r.name, limit: r.limit, window: new WindowSpec(r.window), blockMs: r.block })),
