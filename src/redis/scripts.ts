@@ -1,14 +1,15 @@
 // Server-side scripts: each change to shared state is one atomic script, so
 // two rated never interleave half-done updates. Every number that goes back
-// into Redis is formatted with %.0f: Lua 5.1 would print large ones in
-// exponent form.
+// into Redis as text is formatted with %.0f: Lua 5.1 would print large ones
+// in exponent form.
 
 /**
  * Counts hits of one or more clients against every rule, with the same
  * sliding window as `sliding-window.ts`. Each client's counter of a rule is
- * one string, `newest c0 c1 … cB`: the newest bucket index and a ring of
- * B + 1 bucket counts (a string costs Redis less than a hash of the same
- * numbers). When a count goes over its limit, every counter of that client
+ * one string of B + 2 little-endian doubles packed with Redis's `struct`
+ * library: the newest bucket index and a ring of B + 1 bucket counts (one
+ * packed string costs Redis less than a hash or a text of the same numbers;
+ * a value of any other length, such as an older text form, counts as empty). When a count goes over its limit, every counter of that client
  * is deleted, so the client starts from zero after its block and exactly one
  * caller sees the trip. Clients are counted in order; one client may appear
  * twice. (In a cluster each call holds one client: its keys share a slot.)
@@ -37,23 +38,21 @@ for c = 0, #KEYS / R - 1 do
     if n > 0 then
       local ring = b + 1
       local bucket = math.floor(now * b / w)
+      local layout = '<' .. string.rep('d', b + 2)
       local newest = nil
       local cs = {}
       local empty = true
       local stored = redis.call('GET', key)
-      if stored then
-        local j = -1
-        for x in string.gmatch(stored, '%d+') do
-          if j < 0 then
-            newest = tonumber(x)
-          elseif j <= b then
-            cs[j] = tonumber(x)
-            if cs[j] ~= 0 then empty = false end
-          end
-          j = j + 1
+      if stored and #stored == 8 * (b + 2) then
+        local v = { struct.unpack(layout, stored) }
+        newest = v[1]
+        for j = 0, b do
+          cs[j] = v[j + 2]
+          if cs[j] ~= 0 then empty = false end
         end
+      else
+        for j = 0, b do cs[j] = 0 end
       end
-      for j = 0, b do cs[j] = cs[j] or 0 end
       if newest == nil then newest = bucket end
       local d = bucket - newest
       if d > 0 then
@@ -70,12 +69,8 @@ for c = 0, #KEYS / R - 1 do
       -- A hit older than the newest bucket is counted in it: later, never lost.
       local slot = newest % ring
       cs[slot] = cs[slot] + n
-      local parts = { string.format('%.0f', newest) }
-      for j = 0, b do
-        count = count + cs[j]
-        parts[j + 2] = string.format('%.0f', cs[j])
-      end
-      redis.call('SET', key, table.concat(parts, ' '), 'PX', ARGV[p + 3])
+      for j = 0, b do count = count + cs[j] end
+      redis.call('SET', key, struct.pack(layout, newest, unpack(cs, 0, b)), 'PX', ARGV[p + 3])
       if count > limit then tripped = 1 end
     end
     counts[i] = count
