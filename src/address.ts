@@ -125,6 +125,12 @@ export function overlaps(a: Network, b: Network): boolean {
   return a.value >> shift === b.value >> shift;
 }
 
+/** The address with 32-bit value `v4`, which must come from a Network made here (a stored key, say). */
+export function ipv4(v4: number): Network {
+  if (!(Number.isInteger(v4) && v4 >= 0 && v4 <= 0xffff_ffff)) throw new RangeError(`not a 32-bit address value: ${v4}`);
+  return { family: 4, value: BigInt(v4), prefix: 32, text: formatV4(v4) };
+}
+
 /** The key a client is counted and blocked under: IPv4 as is, IPv6 as its `/ipv6Prefix` network. */
 export function clientOf(addr: Network, ipv6Prefix: number): Network {
   return addr.family === 4 ? addr : toNetwork(addr, ipv6Prefix);

@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SocketAddress } from 'node:net';
 import fc from 'fast-check';
-import { clientOf, contains, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
+import { clientOf, contains, ipv4, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
 
 function address(text: string): Network {
   const n = parseAddress(text);
@@ -333,6 +333,21 @@ describe('parseNetwork', () => {
       assert.ok(n);
       assert.deepEqual(parseNetwork(n.text), n);
     }), { numRuns: 1000 });
+  });
+});
+
+describe('ipv4', () => {
+  test('gives back the address a 32-bit value was taken from', () => {
+    for (const text of ['1.2.3.4', '203.0.113.7', '255.255.255.254', '100.64.0.1']) {
+      const n = address(text);
+      assert.deepEqual(ipv4(Number(n.value)), n);
+      // The limiter keeps IPv4 clients as signed 32-bit integers.
+      assert.deepEqual(ipv4((Number(n.value) | 0) >>> 0), n);
+    }
+  });
+
+  test('refuses what is not a 32-bit value', () => {
+    for (const v of [-1, 2 ** 32, 1.5, NaN]) assert.throws(() => ipv4(v), RangeError);
   });
 });
 
