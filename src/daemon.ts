@@ -195,6 +195,8 @@ export class Daemon implements ControlApi {
       table: this.backend.kind === 'dry-run' ? null : c.firewall.table,
       http: this.http?.endpoint ?? null,
       udp: this.udp?.endpoint ?? null,
+      // The socket's receive buffer as the kernel granted it (a warning said so when it is short).
+      udpReceiveBuffer: this.udp?.receiveBuffer ?? null,
       files: this.files?.paths ?? [],
       control: socket,
       redis: this.redis ? { mode: this.redis.status().mode, up: this.redis.status().up } : null,

@@ -83,7 +83,7 @@ export class UdpReceiver {
     if (this.receiveBuffer < wanted) {
       this.options.log.warn(fields, 'UDP receive buffer smaller than requested: bursts may be lost; raise it with sysctl -w net.core.rmem_max=8388608');
     } else {
-      this.options.log.info(fields, 'UDP receive buffer');
+      this.options.log.debug(fields, 'UDP receive buffer');
     }
     this.portHex = this.socket.address().port.toString(16).toUpperCase().padStart(4, '0');
     this.inode = findOwnInode(this.procFile(), this.portHex);
