@@ -12,6 +12,7 @@ const CODES = {
   ALREADY_RUNNING: EXIT.runtime,
   REFUSED: EXIT.runtime,
   NOT_FOUND: EXIT.runtime,
+  STATE_FAILED: EXIT.runtime,
 } as const;
 
 export type ErrorCode = keyof typeof CODES;

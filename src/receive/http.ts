@@ -24,6 +24,23 @@ const RECEIVER = 'http';
 /** Largest body a notification may declare; nginx sends none. */
 const MAX_BODY = 4096;
 
+/**
+ * Connection slots. A connection is *proven* once it has carried an accepted
+ * notification (nginx's pooled upstream connections); until then it shares a
+ * small pool with every other newcomer, where the oldest gives way to the
+ * newest. Whoever floods the receiver with connections that send nothing
+ * valid can only push its own out, never nginx's, and a new nginx connection
+ * gets in to prove itself.
+ */
+export const CONNECTION_LIMITS = {
+  /** Connections of every kind together: bounds file descriptors. */
+  total: 8192,
+  /** Connections that have not carried an accepted notification yet. */
+  unproven: 512,
+  /** Connections from one non-loopback address (all local peers share 127.0.0.1, nginx among them). */
+  perAddress: 64,
+} as const;
+
 // Limits that cut slow or oversized requests off quickly (HARDENING §4 rows 31-39).
 const SERVER_OPTIONS = {
   maxHeaderSize: 8192,
@@ -43,6 +60,10 @@ export class HttpReceiver {
   private readonly headerName: string;
   private readonly token: Buffer | null;
   private readonly trusted = new WeakSet<Socket>();
+  private readonly proven = new WeakSet<Socket>();
+  /** Unproven connections, oldest first. */
+  private readonly unproven = new Set<Socket>();
+  private readonly perAddress = new Map<string, number>();
   private readonly warn: RateLimitedLog;
 
   constructor(private readonly options: HttpReceiverOptions) {
@@ -50,10 +71,8 @@ export class HttpReceiver {
     this.token = options.token === null ? null : Buffer.from(options.token);
     this.warn = new RateLimitedLog(options.log);
     this.server = createServer(SERVER_OPTIONS, (req, res) => this.handle(req, res));
-    this.server.maxConnections = 4096;
-    this.server.on('connection', (socket: Socket) => {
-      if (isLoopback(socket.remoteAddress)) this.trusted.add(socket);
-    });
+    this.server.maxConnections = CONNECTION_LIMITS.total;
+    this.server.on('connection', (socket: Socket) => this.admit(socket));
     // Without a listener Node drops a CONNECT silently; answer and count it like any other method.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
       // The socket is ours now, errors included: a reset must not become an uncaught exception.
@@ -153,6 +172,7 @@ export class HttpReceiver {
     const text = ip as string;
     if (text === 'unix:') {
       this.options.metrics.ignored.inc(`${RECEIVER}\tunix-socket`);
+      this.prove(req.socket);
       return this.answer(res, 204, null, undefined);
     }
     const address = parseAddress(text);
@@ -167,8 +187,45 @@ export class HttpReceiver {
       at: performance.now(),
     });
     if (outcome === 'allowed') this.options.metrics.ignored.inc(`${RECEIVER}\tallow-list`);
+    this.prove(req.socket);
     res.statusCode = 204;
     res.end();
+  }
+
+  /** Takes a new connection into the unproven pool, making room by closing the oldest newcomer. */
+  private admit(socket: Socket): void {
+    const peer = socket.remoteAddress;
+    if (isLoopback(peer)) this.trusted.add(socket);
+    else if (peer !== undefined) {
+      const n = (this.perAddress.get(peer) ?? 0) + 1;
+      if (n > CONNECTION_LIMITS.perAddress) {
+        this.reject('connections-per-address', peer);
+        socket.destroy();
+        return;
+      }
+      this.perAddress.set(peer, n);
+      socket.once('close', () => {
+        const left = (this.perAddress.get(peer) ?? 1) - 1;
+        if (left <= 0) this.perAddress.delete(peer);
+        else this.perAddress.set(peer, left);
+      });
+    }
+    if (this.unproven.size >= CONNECTION_LIMITS.unproven) {
+      const oldest = this.unproven.values().next().value as Socket;
+      this.unproven.delete(oldest);
+      this.reject('connections-unproven', undefined);
+      oldest.destroy();
+    }
+    this.unproven.add(socket);
+    socket.once('close', () => this.unproven.delete(socket));
+    // Node times out a connection that sends nothing at all only after keepAliveTimeout, if ever.
+    socket.setTimeout(SERVER_OPTIONS.headersTimeout);
+  }
+
+  private prove(socket: Socket): void {
+    if (this.proven.has(socket)) return;
+    this.proven.add(socket);
+    this.unproven.delete(socket);
   }
 
   private tokenMatches(given: string | undefined): boolean {
@@ -180,7 +237,8 @@ export class HttpReceiver {
   private answer(res: ServerResponse, status: number, reason: string | null, value: string | undefined): void {
     if (reason !== null) this.reject(reason, value);
     res.statusCode = status;
-    if (status >= 400) res.shouldKeepAlive = res.shouldKeepAlive && status < 413;
+    // A refused request costs its connection: refusals cannot hold slots kept alive.
+    if (status >= 400) res.shouldKeepAlive = false;
     res.end();
   }
 

@@ -1,4 +1,7 @@
-import { closeSync, fchownSync, fsyncSync, openSync, statSync, readFileSync, renameSync, unlinkSync, writeSync, mkdirSync } from 'node:fs';
+import {
+  closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync,
+} from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { parseNetwork } from '../address.js';
 import type { Block, Source } from '../enforce/index.js';
@@ -6,6 +9,9 @@ import { RatedError } from '../errors.js';
 
 const VERSION = 1;
 const SOURCES = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled']);
+
+/** The largest journal read; a longer one is moved aside (1,000,000 blocks take about 180 MB). */
+export const MAX_JOURNAL_BYTES = 400 * 1024 * 1024;
 
 /** A repeat-offence record kept across restarts. */
 export interface OffenceRecord {
@@ -36,10 +42,14 @@ interface StoredBlock {
   hits: number | null;
 }
 
+/** A journal that is there but cannot be used: moved aside, never overwritten. */
+class Unusable extends Error {}
+
 /**
  * The journal of blocks under `state.dir`. Every write replaces the file
- * atomically (temporary file, fsync, rename), so a crash or a full disk
- * leaves the previous version intact.
+ * atomically (a new temporary file, fsync, rename), so a crash or a full disk
+ * leaves the previous version intact; no file in the directory is ever
+ * followed through a symbolic link.
  */
 export class Journal {
   readonly path: string;
@@ -49,49 +59,54 @@ export class Journal {
   }
 
   /**
-   * Reads the journal; a corrupt or unknown-version file is treated as empty
-   * and, unless `moveAside` is false, moved to `.bad`.
+   * Reads the journal; a corrupt, unknown-version, oversized or linked file
+   * is treated as empty and, unless `moveAside` is false, moved aside under a
+   * name of its own, never over an earlier one.
    */
   load(moveAside = true): JournalLoad {
     let text: string;
     try {
-      text = readFileSync(this.path, 'utf8');
+      checkStateDir(this.dir);
+      text = readJournal(this.path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { blocks: [], offences: [], movedAside: null, error: null };
-      throw new RatedError('FIREWALL_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`);
+      if (err instanceof Unusable) return this.aside(moveAside, err.message);
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') return this.aside(moveAside, `${this.path} is a symbolic link, which is never followed`);
+      if (err instanceof RatedError) throw err;
+      throw new RatedError('STATE_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`, { cause: err });
     }
     try {
       return { ...parseJournal(text), movedAside: null, error: null };
     } catch (err) {
-      if (!moveAside) return { blocks: [], offences: [], movedAside: null, error: (err as Error).message };
-      const bad = `${this.path}.bad`;
-      try {
-        renameSync(this.path, bad);
-      } catch {
-        // leave it where it is; it is ignored either way
-      }
-      return { blocks: [], offences: [], movedAside: bad, error: (err as Error).message };
+      return this.aside(moveAside, (err as Error).message);
     }
   }
 
   /** Writes the journal atomically; throws the file system's error (ENOSPC, EROFS) to the caller. */
   save(state: JournalState): void {
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
+    const dir = checkStateDir(this.dir);
     const stored: StoredBlock[] = state.blocks.map((b) => ({
       ip: b.net.text, rule: b.rule, reason: b.reason, source: b.source, since: b.since, expires: b.expires, hits: b.hits,
     }));
     const text = JSON.stringify({ version: VERSION, savedAt: new Date().toISOString(), blocks: stored, offences: state.offences });
-    const tmp = `${this.path}.tmp`;
+    // A fresh name, created exclusively and never through a link: whoever owns
+    // the directory cannot aim this write, or the chown below, at another file.
+    const tmp = `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
     let fd: number | null = null;
     try {
-      fd = openSync(tmp, 'w', 0o640);
-      keepDirOwner(fd, this.dir);
+      fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o640);
+      // Root writing (the CLI while the daemon is down) gives the new file to
+      // the directory's owner, so a daemon running as its own user can still
+      // replace it; the descriptor is the file just created, never a path.
+      if (process.getuid?.() === 0 && (dir.uid !== 0 || dir.gid !== 0)) fchownSync(fd, dir.uid, dir.gid);
       writeAll(fd, Buffer.from(text, 'utf8'));
       fsyncSync(fd);
       closeSync(fd);
       fd = null;
+      // rename(2) replaces a link at the destination; it never writes through it.
       renameSync(tmp, this.path);
-      const dirFd = openSync(this.dir, 'r');
+      const dirFd = openSync(this.dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
       try {
         fsyncSync(dirFd);
       } finally {
@@ -107,17 +122,63 @@ export class Journal {
       throw err;
     }
   }
+
+  private aside(moveAside: boolean, error: string): JournalLoad {
+    if (!moveAside) return { blocks: [], offences: [], movedAside: null, error };
+    const bad = `${this.path}.bad-${new Date().toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
+    try {
+      // rename(2) moves a link itself, never its target.
+      renameSync(this.path, bad);
+      return { blocks: [], offences: [], movedAside: bad, error };
+    } catch {
+      return { blocks: [], offences: [], movedAside: null, error };
+    }
+  }
 }
 
 /**
- * Root writing the journal (the CLI while the daemon is down) gives the file
- * to the directory's owner: a daemon running as its own user must still read
- * and replace it.
+ * The state directory must be a real directory that only its owner can
+ * write: anyone else could plant links or files that root then writes
+ * through. Returns its owner.
  */
-function keepDirOwner(fd: number, dir: string): void {
-  if (process.getuid?.() !== 0) return;
-  const st = statSync(dir);
-  if (st.uid !== 0 || st.gid !== 0) fchownSync(fd, st.uid, st.gid);
+export function checkStateDir(dir: string): { uid: number; gid: number } {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+    throw err;
+  }
+  if (st.isSymbolicLink()) {
+    throw new RatedError('STATE_FAILED', `state.dir: ${dir} is a symbolic link; give the real directory (links there are never followed)`);
+  }
+  if (!st.isDirectory()) throw new RatedError('STATE_FAILED', `state.dir: ${dir} is not a directory`);
+  if ((st.mode & 0o022) !== 0) {
+    throw new RatedError('STATE_FAILED', `state.dir: ${dir} is writable by others than its owner (mode ${(st.mode & 0o7777).toString(8)}); run chmod go-w ${dir}`);
+  }
+  return { uid: st.uid, gid: st.gid };
+}
+
+/** Reads the journal without following a link, and refuses one larger than a journal can be. */
+function readJournal(path: string): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Unusable(`${path} is not a regular file`);
+    if (st.size > MAX_JOURNAL_BYTES) {
+      throw new Unusable(`${path} holds ${Math.round(st.size / 1048576)} MB, more than any journal (${MAX_JOURNAL_BYTES / 1048576} MB)`);
+    }
+    const buf = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    while (off < buf.length) {
+      const n = readSync(fd, buf, off, buf.length - off, null);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.toString('utf8', 0, off);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**

@@ -20,6 +20,8 @@ export interface NginxOptions {
   readonly port?: number;
   /** Body of the static file served at `/` and `/index.html`. */
   readonly body?: string;
+  /** Sent to the HTTP receiver as X-Rated-Token (receivers.http.token), when given. */
+  readonly token?: string;
   /** How long to wait for nginx to answer before giving up (default 10 s). */
   readonly startTimeoutMs?: number;
 }
@@ -56,7 +58,7 @@ export interface Nginx {
  * foreground, and the post_action snippet of SPEC §4 verbatim, so the test
  * exercises exactly what the README tells users to write.
  */
-export function renderNginxConf(prefix: string, port: number, ratedPort: number, input: NginxInput = { kind: 'http' }): string {
+export function renderNginxConf(prefix: string, port: number, ratedPort: number, input: NginxInput = { kind: 'http' }, token?: string): string {
   const p = (name: string): string => join(prefix, name);
   const location = input.kind === 'http'
     ? `location / { post_action @rated; index index.html; }
@@ -71,7 +73,8 @@ export function renderNginxConf(prefix: string, port: number, ratedPort: number,
             proxy_set_header X-Method $request_method;
             proxy_set_header X-Status $status;
             proxy_set_header X-Host $host;
-            proxy_set_header X-URI $request_uri;
+            proxy_set_header X-URI $request_uri;${token === undefined ? '' : `
+            proxy_set_header X-Rated-Token ${token};`}
         }`
     : input.kind === 'udp'
       ? `location / { index index.html; }
@@ -127,7 +130,7 @@ export async function startNginx(options: NginxOptions): Promise<Nginx> {
   chmodSync(prefix, 0o755);
   for (const dir of ['logs', 'tmp', 'html']) mkdirSync(join(prefix, dir), { mode: 0o755 });
   writeFileSync(join(prefix, 'html', 'index.html'), options.body ?? 'hello from nginx\n', { mode: 0o644 });
-  const conf = renderNginxConf(prefix, port, options.ratedPort, options.input);
+  const conf = renderNginxConf(prefix, port, options.ratedPort, options.input, options.token);
   const confPath = join(prefix, 'nginx.conf');
   writeFileSync(confPath, conf);
 

@@ -7,7 +7,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -413,28 +413,51 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
     assert.equal(await offender(), 'dropped', 'a stop does not open the gate');
   });
 
-  test('a corrupt or unknown-version journal is moved aside; rated starts from the kernel and keeps protecting', async () => {
+  test('a corrupt, unknown-version, oversized or linked journal is moved aside, never overwritten; rated starts from the kernel', async () => {
     const path = join(stateDir, 'blocks.json');
-    const cases: Array<[string, string]> = [
-      ['garbage', '{"version":1,"blocks":[{"ip":"192.0.2.'],
-      ['unknown version', JSON.stringify({ version: 99, blocks: [] })],
+    const target = join(dir, 'not-a-journal');
+    const targetText = 'root:x:0:0:root:/root:/bin/bash\n';
+    const cases: Array<[string, () => void, (file: string) => void]> = [
+      ['garbage', () => writeFileSync(path, '{"version":1,"blocks":[{"ip":"192.0.2.'),
+        (file) => assert.equal(readFileSync(file, 'utf8'), '{"version":1,"blocks":[{"ip":"192.0.2.', 'the bad journal is kept for inspection')],
+      ['unknown version', () => writeFileSync(path, JSON.stringify({ version: 99, blocks: [] })),
+        (file) => assert.equal(JSON.parse(readFileSync(file, 'utf8')).version, 99, 'the bad journal is kept for inspection')],
+      // Larger than a string Node can build: refused by its size, not read.
+      ['600 MB', () => {
+        writeFileSync(path, '');
+        truncateSync(path, 600 * 1024 * 1024);
+      }, (file) => assert.equal(statSync(file).size, 600 * 1024 * 1024, 'the oversized journal is kept whole')],
+      ['a symbolic link', () => {
+        writeFileSync(target, targetText);
+        symlinkSync(target, path);
+      }, (file) => {
+        assert.ok(lstatSync(file).isSymbolicLink(), 'the link itself is moved aside');
+        assert.equal(readFileSync(target, 'utf8'), targetText, 'the file it points to is neither read as a journal nor written');
+      }],
     ];
-    for (const [what, text] of cases) {
+    const movedAside: string[] = [];
+    for (const [what, make, check] of cases) {
       const inKernel = [...(await kernel()).keys()].sort();
       assert.ok(inKernel.includes(BAD), `${what}: the offender is in the kernel`);
-      writeFileSync(path, text);
+      rmSync(path, { force: true });
+      make();
       const d = await start();
       const error = await d.waitForLine(isError('journal unreadable; moved it aside and starting from the kernel state'));
-      assert.equal(error.file, `${path}.bad`, what);
-      assert.equal(readFileSync(`${path}.bad`, 'utf8'), text, `${what}: the bad journal is kept for inspection`);
+      assert.match(String(error.file), /blocks\.json\.bad-/, what);
+      assert.ok(!movedAside.includes(String(error.file)), `${what}: an earlier bad journal is not overwritten`);
+      movedAside.push(String(error.file));
+      check(String(error.file));
       const blocks = await blocksApi();
       assert.deepEqual(blocks.map((b) => b.ip).sort(), inKernel, `${what}: every kernel element is listed`);
       for (const b of blocks) assert.equal(b.source, 'reconciled', `${what}: ${b.ip}`);
       assert.equal(await offender(), 'dropped', `${what}: still protecting`);
       await journalHolds(path, inKernel);
       assert.equal(readJournal(path).version, 1, `${what}: a good journal is written again`);
+      assert.ok(!lstatSync(path).isSymbolicLink(), `${what}: the new journal is a file of its own`);
       await stopCleanly(d);
     }
+    for (const file of movedAside) assert.ok(existsSync(file) || lstatSync(file).isSymbolicLink(), `${file} is still there`);
+    for (const file of movedAside) rmSync(file, { force: true });
   });
 
   test('with the daemon down, list, unblock and flush work on our sets only; the next start forgets what was lifted', async () => {
