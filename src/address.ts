@@ -131,9 +131,55 @@ export function ipv4(v4: number): Network {
   return { family: 4, value: BigInt(v4), prefix: 32, text: formatV4(v4) };
 }
 
-/** The key a client is counted and blocked under: IPv4 as is, IPv6 as its `/ipv6Prefix` network. */
+/**
+ * The key a client is counted and blocked under: IPv4 as is, IPv6 as its
+ * `/ipv6Prefix` network. A NAT64 address (64:ff9b::/96) is one IPv4 client
+ * behind the translator, so it stands for itself: its /64 holds every IPv4
+ * client of the translator at once.
+ */
 export function clientOf(addr: Network, ipv6Prefix: number): Network {
-  return addr.family === 4 ? addr : toNetwork(addr, ipv6Prefix);
+  if (addr.family === 4 || contains(NAT64, addr)) return addr;
+  return toNetwork(addr, ipv6Prefix);
+}
+
+/**
+ * Special-purpose ranges (IANA's registries) that can never be a remote
+ * client: a block there cuts the host off its own link, its neighbours or
+ * itself. Whatever the allow list says, nothing inside one, and no network
+ * overlapping one, is ever blocked.
+ */
+const NEVER_CLIENTS: ReadonlyArray<readonly [string, string]> = [
+  ['0.0.0.0/8', '"this network" (0.0.0.0/8)'],
+  ['127.0.0.0/8', 'loopback (127.0.0.0/8)'],
+  ['169.254.0.0/16', 'link-local (169.254.0.0/16)'],
+  ['224.0.0.0/4', 'multicast (224.0.0.0/4)'],
+  ['240.0.0.0/4', 'reserved or broadcast (240.0.0.0/4)'],
+  ['::/127', 'unspecified or loopback (::/127)'],
+  ['100::/64', 'discard-only (100::/64)'],
+  ['fe80::/10', 'link-local (fe80::/10)'],
+  ['ff00::/8', 'multicast (ff00::/8)'],
+];
+const NAT64: Network = rangeOf('64:ff9b::/96');
+const NEVER: ReadonlyArray<readonly [Network, string]> = NEVER_CLIENTS.map(([text, what]) => [rangeOf(text), what]);
+
+/** Says why `net` can never be a client (a special-purpose range it overlaps), or null when it can be. */
+export function neverAClient(net: Network): string | null {
+  for (const [range, what] of NEVER) if (overlaps(range, net)) return what;
+  return null;
+}
+
+function rangeOf(text: string): Network {
+  const slash = text.indexOf('/');
+  const prefix = Number(text.slice(slash + 1));
+  const family: Family = text.includes(':') ? 6 : 4;
+  let value = 0n;
+  if (family === 4) {
+    for (const part of text.slice(0, slash).split('.')) value = (value << 8n) | BigInt(part);
+  } else {
+    if (!parseV6(text, 0, slash)) throw new Error(`bad range ${text}`);
+    value = valueV6();
+  }
+  return { family, value, prefix, text };
 }
 
 function bits(family: Family): number {
@@ -252,7 +298,8 @@ function mappedV4(): number {
 /** Not 0.0.0.0/8, multicast (224.0.0.0/4) or broadcast. */
 function usableV4(v4: number): boolean {
   const first = Math.floor(v4 / 16777216);
-  return first !== 0 && (first < 224 || first > 239) && v4 !== 0xffffffff;
+  // Link-local (169.254.0.0/16, the cloud metadata address among them) is no remote client either.
+  return first !== 0 && (first < 224 || first > 239) && v4 !== 0xffffffff && Math.floor(v4 / 65536) !== 0xa9fe;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { parseNetwork, type Network } from './address.js';
+import { clientOf, parseNetwork, type Network } from './address.js';
 import type { Config } from './config/schema.js';
 import { steadyClock } from './clock.js';
 import type { ControlApi } from './control/api.js';
@@ -392,20 +392,14 @@ export class Daemon implements ControlApi {
   async unblock(ip: string): Promise<BlockView | null> {
     const net = parseBlockTarget(ip);
     let lifted = this.blocker.unblock(net);
-    if (!lifted && net.family === 6 && net.prefix === 128) {
-      // IPv6 clients are blocked per network: lift the network the address belongs to.
-      const client = parseNetwork(`${net.text}/${this.config.ipv6Prefix}`);
-      if (client) lifted = this.blocker.unblock(client);
-    }
+    // IPv6 clients are blocked per network: an address stands for its client's network.
+    const client = clientOf(net, this.config.ipv6Prefix);
+    if (!lifted && client !== net) lifted = this.blocker.unblock(client);
     this.limiter.forget(net);
     if (this.redis) {
       // Lift it on every node, also where it is held as the client's IPv6 network.
       const nets = new Map([[net.text, net]]);
-      if (lifted) nets.set(lifted.net.text, lifted.net);
-      else if (net.family === 6 && net.prefix === 128) {
-        const client = parseNetwork(`${net.text}/${this.config.ipv6Prefix}`);
-        if (client) nets.set(client.text, client);
-      }
+      nets.set((lifted?.net ?? client).text, lifted?.net ?? client);
       for (const n of nets.values()) this.redis.unblocked(n);
     }
     await this.blocker.committed();

@@ -5,6 +5,7 @@ export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
 const CODES = {
   CONFIG: EXIT.usage,
   USAGE: EXIT.usage,
+  TOO_LARGE: EXIT.usage,
   FIREWALL_UNUSABLE: EXIT.runtime,
   FIREWALL_FAILED: EXIT.runtime,
   BIND_FAILED: EXIT.runtime,

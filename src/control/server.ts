@@ -7,6 +7,8 @@ import type { Logger } from '../log.js';
 import type { ControlApi } from './api.js';
 
 const MAX_BODY = 64 * 1024;
+/** How much of an oversized body is read and dropped so that the 413 reaches the client. */
+const DRAIN = 1024 * 1024;
 
 /** The control API: HTTP/1.1 over a unix socket (SPEC §8). */
 export class ControlServer {
@@ -88,7 +90,9 @@ export class ControlServer {
 
   private fail(res: ServerResponse, err: unknown): void {
     if (err instanceof RatedError) {
-      const status = err.code === 'USAGE' || err.code === 'CONFIG' ? 400 : err.code === 'REFUSED' ? 409 : err.code === 'NOT_FOUND' ? 404 : 500;
+      const status = err.code === 'USAGE' || err.code === 'CONFIG' ? 400 : err.code === 'TOO_LARGE' ? 413
+        : err.code === 'REFUSED' ? 409 : err.code === 'NOT_FOUND' ? 404 : 500;
+      if (status === 413) res.shouldKeepAlive = false;
       send(res, status, { error: err.message, code: err.code });
       return;
     }
@@ -127,9 +131,16 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new RatedError('USAGE', 'request body too large');
-    chunks.push(chunk as Buffer);
+    // Read (and drop) the rest of a body over the limit before answering:
+    // closing with unread bytes makes the kernel reset the connection, and the
+    // client would never see the 413. Beyond DRAIN the connection is cut.
+    if (size > DRAIN) {
+      req.socket.destroy();
+      throw new RatedError('TOO_LARGE', `request body over ${MAX_BODY / 1024} KiB`);
+    }
+    if (size <= MAX_BODY) chunks.push(chunk as Buffer);
   }
+  if (size > MAX_BODY) throw new RatedError('TOO_LARGE', `request body over ${MAX_BODY / 1024} KiB`);
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') return {};
   try {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { contains, toNetwork, type Network } from '../address.js';
+import { contains, neverAClient, toNetwork, type Network } from '../address.js';
 import { formatDuration } from '../duration.js';
 import { describe, RatedError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
@@ -167,6 +167,8 @@ export class Blocker {
     if (this.options.isAllowed(req.net)) {
       throw new RatedError('REFUSED', `${req.net.text} is allow-listed (allow, allowSelf) and is never blocked`);
     }
+    const special = neverAClient(req.net);
+    if (special !== null) throw new RatedError('REFUSED', `${req.net.text} is ${special}, never a remote client, and is never blocked`);
     const now = this.now();
     const expires = now + req.durationMs;
     const existing = this.blocks.get(req.net.text);
@@ -301,8 +303,8 @@ export class Blocker {
       // Lifted at its expiry a moment ago; the kernel drops it by itself.
       const lingers = this.expiring.get(entry.net.text);
       if (lingers !== undefined && entry.expiresAt !== null && entry.expiresAt <= lingers) continue;
-      if (this.options.isAllowed(entry.net)) {
-        this.log.warn({ ip: entry.net.text }, 'removing an allow-listed address from our set');
+      if (this.options.isAllowed(entry.net) || neverAClient(entry.net) !== null) {
+        this.log.warn({ ip: entry.net.text }, 'removing an allow-listed or special-purpose address from our set');
         this.backend.delete(entry.net);
         removed++;
         continue;

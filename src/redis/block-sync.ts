@@ -161,21 +161,27 @@ export class BlockSync {
       this.syncAgain = true;
       return this.syncing;
     }
-    this.syncing = (async () => {
-      try {
-        do {
-          this.syncAgain = false;
-          if (!this.link.up) return;
-          await this.syncOnce();
-          this.stats.syncs++;
-        } while (this.syncAgain);
-      } catch (err) {
-        this.failed('resynchronise blocks', err);
-      } finally {
-        this.syncing = null;
-      }
-    })();
-    return this.syncing;
+    // Assigned before it can settle: a run that ends at once (Redis away)
+    // must not clear `syncing` before it was set, or no resync runs again.
+    const run = this.syncLoop();
+    this.syncing = run;
+    void run.finally(() => {
+      if (this.syncing === run) this.syncing = null;
+    });
+    return run;
+  }
+
+  private async syncLoop(): Promise<void> {
+    try {
+      do {
+        this.syncAgain = false;
+        if (!this.link.up) return;
+        await this.syncOnce();
+        this.stats.syncs++;
+      } while (this.syncAgain);
+    } catch (err) {
+      this.failed('resynchronise blocks', err);
+    }
   }
 
   private async syncOnce(): Promise<void> {

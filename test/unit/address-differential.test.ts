@@ -39,7 +39,8 @@ function expected(s: string): { family: 4 | 6; value: bigint } | null {
 
 function usable4(v: bigint): boolean {
   const first = v >> 24n;
-  return first !== 0n && !(first >= 224n && first <= 239n) && v !== 0xffffffffn;
+  // Not this network, multicast, broadcast or link-local (169.254.0.0/16).
+  return first !== 0n && !(first >= 224n && first <= 239n) && v !== 0xffffffffn && v >> 16n !== 0xa9fen;
 }
 
 function usable6(v: bigint): boolean {

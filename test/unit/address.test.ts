@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SocketAddress } from 'node:net';
 import fc from 'fast-check';
-import { clientOf, contains, ipv4, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
+import { clientOf, contains, ipv4, neverAClient, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
 
 function address(text: string): Network {
   const n = parseAddress(text);
@@ -425,4 +425,29 @@ describe('clientOf', () => {
     const v6 = address('2001:db8::1');
     assert.equal(clientOf(v6, 128), v6);
   });
+});
+
+test('special-purpose ranges are never a client, as an address or inside a network', () => {
+  const never = ['0.0.0.0/8', '0.1.2.0/24', '127.0.0.0/8', '169.254.0.0/16', '169.254.169.0/24', '224.0.0.0/8', '240.0.0.0/8',
+    'fe80::/64', 'fe80::/32', 'fe80::/10', 'ff02::/16', '::1', '::/96', '100::/64'];
+  for (const text of never) {
+    const net = parseNetwork(text);
+    assert.ok(net, text);
+    assert.ok(neverAClient(net), `${text} is never a client`);
+  }
+  for (const text of ['192.0.2.1', '10.0.0.0/8', '100.64.0.0/10', '198.51.100.0/24', '2001:db8::/32', '64:ff9b::c000:201', 'fec0::/64', '1.0.0.0/8']) {
+    const net = parseNetwork(text);
+    assert.ok(net, text);
+    assert.equal(neverAClient(net), null, `${text} may be a client`);
+  }
+  assert.equal(parseAddress('169.254.169.254'), null, 'the metadata address is no notification');
+});
+
+test('a NAT64 client is counted as its own address, other IPv6 clients as their network', () => {
+  const nat64 = parseAddress('64:ff9b::c000:201');
+  assert.ok(nat64);
+  assert.equal(clientOf(nat64, 64).text, '64:ff9b::c000:201');
+  const plain = parseAddress('2001:db8::1');
+  assert.ok(plain);
+  assert.equal(clientOf(plain, 64).text, '2001:db8::/64');
 });

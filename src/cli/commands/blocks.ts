@@ -1,5 +1,5 @@
 import { createInterface } from 'node:readline/promises';
-import { toNetwork } from '../../address.js';
+import { clientOf } from '../../address.js';
 import { parseBlockTarget } from '../../daemon.js';
 import { RatedError } from '../../errors.js';
 import type { BlockView } from '../../enforce/index.js';
@@ -44,7 +44,7 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
     },
     async (backend) => {
       // IPv6 clients are blocked per network, as the daemon does: an address stands for its network.
-      const client = net.family === 6 && net.prefix === 128 ? toNetwork(net, configOf(args).config.ipv6Prefix) : net;
+      const client = net.prefix === (net.family === 4 ? 32 : 128) ? clientOf(net, configOf(args).config.ipv6Prefix) : net;
       const kernel = await backend.list();
       const target = kernel.some((e) => e.net.text === net.text) ? net : client;
       const inJournal = forgetInJournal(args, (b) => b.net.text === net.text || b.net.text === target.text, client) > 0;

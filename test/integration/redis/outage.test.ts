@@ -39,7 +39,8 @@ describe('rated when Redis fails, and with hostile data in Redis', { skip: SKIP 
     assert.ok(existsSync(MAIN_JS), `${MAIN_JS} is missing: build first`);
     lab = await createLab(['a', 'b', 'c']);
     redis = await startRedis({ namespace: lab.hub, host: lab.hubAddress, port: 6379 });
-    redisSection = `{ url: "redis://${lab.hubAddress}:6379/0", prefix: "${PREFIX}", timeout: ${TIMEOUT_MS}ms }`;
+    // A short syncInterval: outages below last longer than it, and a resync is tried while Redis is away.
+    redisSection = `{ url: "redis://${lab.hubAddress}:6379/0", prefix: "${PREFIX}", timeout: ${TIMEOUT_MS}ms, syncInterval: 2s }`;
     a = await lab.start('a', redisSection);
     b = await lab.start('b', redisSection);
   });
@@ -83,6 +84,29 @@ describe('rated when Redis fails, and with hostile data in Redis', { skip: SKIP 
     }
     assert.match(await metricsText(lab.socket('b')), /^rated_redis_up 1$/m);
     assert.equal(await redis.cli(['HEXISTS', `${PREFIX}{blocks}`, X]), '1', 'the block is in Redis again');
+    // The periodic resync goes on after the outage.
+    const syncs = (await status(a)).redis?.blocks.syncs ?? 0;
+    await waitFor(async () => ((await status(a)).redis?.blocks.syncs ?? 0) >= syncs + 2, { what: 'two more resyncs on a', timeoutMs: 10_000 });
+  });
+
+  test('an outage longer than syncInterval: a block made and a block lifted during it are shared when Redis returns', async () => {
+    const Z = '198.51.100.61';
+    const W = '198.51.100.62';
+    assert.equal((await a.cli(['block', W, '--for', '1h'])).code, 0);
+    await waitListed(b, W, true, 10_000);
+    await redis.kill('SIGKILL');
+    await waitFor(async () => (await status(a)).redis?.up === false, { what: 'a to see Redis down', timeoutMs: 10_000 });
+    const made = await a.cli(['block', Z, '--for', '1h']);
+    assert.equal(made.code, 0, made.stderr);
+    const lifted = await a.cli(['unblock', W]);
+    assert.equal(lifted.code, 0, lifted.stderr);
+    // Several resyncs find Redis away.
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    await redis.restart();
+    await waitFor(async () => (await redis.cli(['HEXISTS', `${PREFIX}{blocks}`, Z])) === '1', { what: `${Z} stored in Redis`, timeoutMs: 15_000 });
+    await waitListed(b, Z, true, 15_000);
+    await waitFor(async () => !(await list(b)).some((x) => x.ip === W), { what: `b to lift ${W}`, timeoutMs: 15_000 });
+    for (const ip of [Z]) assert.equal((await a.cli(['unblock', ip])).code, 0);
   });
 
   test('a hanging Redis never holds a notification longer than redis.timeout', async () => {
@@ -113,6 +137,10 @@ describe('rated when Redis fails, and with hostile data in Redis', { skip: SKIP 
       ['198.51.100.9', entry('0.0.0.0/0')],
       ['198.51.100.10', 'not json at all'],
       ['fe80::1%lo', entry('fe80::1%lo')],
+      // Special-purpose ranges: never a remote client, whoever stores them.
+      ['fe80::/64', entry('fe80::/64')],
+      ['0.0.0.0/8', entry('0.0.0.0/8')],
+      ['169.254.169.0/24', entry('169.254.169.0/24')],
     ];
     const good = '198.51.100.77';
     for (const [field, value] of [...hostile, [good, entry(good)] as [string, string]]) {
@@ -129,7 +157,7 @@ describe('rated when Redis fails, and with hostile data in Redis', { skip: SKIP 
     assert.ok(c.lines.some((l) => l.msg === 'refused a block from Redis'), 'the refusals are logged');
 
     // Published ones reach running nodes the same way.
-    const published = ['0.0.0.0/0', '127.0.0.1', OFFICE, '::/0', '1.1.1.1,2.2.2.2', '198.51.100.78'];
+    const published = ['0.0.0.0/0', '127.0.0.1', OFFICE, '::/0', '1.1.1.1,2.2.2.2', 'fe80::/32', '0.0.0.0/8', '198.51.100.78'];
     const refusedBefore = (await status(a)).redis?.blocks.refused ?? 0;
     for (const net of published) {
       await redis.cli(['PUBLISH', `${PREFIX}blocks`, JSON.stringify({ v: 1, op: 'block', ...JSON.parse(entry(net)) as object })]);
@@ -140,7 +168,7 @@ describe('rated when Redis fails, and with hostile data in Redis', { skip: SKIP 
 
     for (const [name, r] of [['a', a], ['b', b], ['c', c]] as const) {
       const ips = (await list(r)).map((x) => x.ip);
-      for (const bad of ['0.0.0.0/0', '::/0', '127.0.0.1', OFFICE, '8.1.1.1', '10.1.1.1', '1.1.1.1', '2.2.2.2']) {
+      for (const bad of ['0.0.0.0/0', '::/0', '127.0.0.1', OFFICE, '8.1.1.1', '10.1.1.1', '1.1.1.1', '2.2.2.2', 'fe80::/64', 'fe80::/32', '0.0.0.0/8', '169.254.169.0/24']) {
         assert.ok(!ips.includes(bad), `${name} does not block ${bad}: ${ips.join(' ')}`);
       }
       const elements = await setElements(server(name).ns);

@@ -159,3 +159,21 @@ test('changes made while Redis is away are shared when it returns, and its state
   assert.equal(blocker.has(net('203.0.113.3')), false, 'lifted elsewhere meanwhile');
   assert.equal(blocker.get(net('198.51.100.5'))?.source, 'cluster', 'theirs adopted');
 });
+
+test('a resync while Redis is away does not stop later ones: blocks made during an outage are stored when it returns', async () => {
+  const { blocker, sync, link, calls } = setup();
+  link.upNow = false;
+  await sync.resync();
+  blocker.block({ net: net('198.51.100.40'), durationMs: HOUR, source: 'manual', reason: 'manual' });
+  sync.published(blocker.get(net('198.51.100.40'))!);
+  await sync.resync();
+  assert.equal(calls.length, 0, 'nothing is sent while Redis is away');
+  link.upNow = true;
+  await sync.resync();
+  assert.equal(sync.stats.syncs, 1, 'the resync after the outage ran');
+  assert.ok(calls.some((c) => c.script === 'snapshot'), 'it read the shared blocks');
+  assert.ok(calls.some((c) => c.script === 'block' && [...c.args, ...c.keys].some((a) => String(a).includes('198.51.100.40'))),
+    `the block made during the outage is stored: ${JSON.stringify(calls.map((c) => c.script))}`);
+  await sync.resync();
+  assert.equal(sync.stats.syncs, 2, 'and so does every later one');
+});
