@@ -2,7 +2,10 @@
 // container (its own pid, mount, network, uts, ipc and cgroup namespaces,
 // and a root that is an overlay over the host's, so nothing is written to
 // the host) boots systemd with a target that wants rated. The install steps
-// of the README (system user, config mode, the unit) are done first. Then we
+// of the README are done first: the package built by `npm pack` from this
+// checkout installed with `npm install -g` (so the checkout itself is not
+// seen by the container, wherever it lives, and a package missing a file
+// fails here), the system user, the config mode, the unit. Then we
 // watch what an operator would: readiness, privileges, the CLI's access,
 // blocking, an nftables reload and restart, a config error, uninstall.
 import { after, before, describe, test } from 'node:test';
@@ -46,14 +49,15 @@ const OFFENDER = '192.0.2.66';
  */
 const BOOT = `#!/bin/sh
 set -eu
-base=$1; checkout=$2; systemd=$3
+base=$1; package=$2; cache=$3; systemd=$4
 mount -t tmpfs -o mode=0755 tmpfs "$base"
-mkdir "$base/upper" "$base/work" "$base/root"
+mkdir "$base/upper" "$base/work" "$base/root" "$base/cache-upper" "$base/cache-work"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
 r=$base/root
-mkdir -p "$r$checkout"
-mount --bind "$checkout" "$r$checkout"
-mount -o remount,bind,ro "$r$checkout"
+# npm's cache, where the package's dependencies are found without a network;
+# an overlay again, so what npm writes there stays in the container.
+mkdir -p "$r$cache"
+mount -t overlay overlay -o "lowerdir=$cache,upperdir=$base/cache-upper,workdir=$base/cache-work" "$r$cache"
 mount -t proc proc "$r/proc"
 mount --bind "$r/proc/sys" "$r/proc/sys"
 mount -o remount,bind,ro "$r/proc/sys"
@@ -85,13 +89,15 @@ for unit in "$r"/lib/systemd/system/sysinit.target.wants/* "$etc"/sysinit.target
 done
 
 # The README's install steps.
+cp "$package" "$r/root/rated.tgz"
+chroot "$r" sh -c 'cd /root && npm install -g --offline --no-audit --no-fund --cache "$1" ./rated.tgz' sh "$cache" >&2
+rm "$r/root/rated.tgz"
 chroot "$r" useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rated
 chroot "$r" useradd --no-create-home --groups rated ratedadmin
 chroot "$r" useradd --no-create-home outsider
-ln -sf "$checkout/bin/rated" "$r/usr/local/bin/rated"
 install -d -m 0750 -g "$(chroot "$r" id -g rated)" "$r/etc/rated"
 install -m 0640 -g "$(chroot "$r" id -g rated)" "$base/../rated.yml" "$r/etc/rated/rated.yml"
-install -m 0644 "$checkout/systemd/rated.service" "$etc/rated.service"
+install -m 0644 "$r$(chroot "$r" npm root -g)/rated/systemd/rated.service" "$etc/rated.service"
 cat >"$etc/rated-test.target" <<'EOF'
 [Unit]
 Description=rated under test
@@ -141,8 +147,8 @@ describe('systemd/rated.service under systemd, in a throwaway container', { skip
   }
   /** `rated ARGS` inside, as root or as another user. */
   const cli = (args: readonly string[], user?: string) => (user
-    ? inside('setpriv', [`--reuid=${user}`, `--regid=${user}`, '--init-groups', '/usr/local/bin/rated', ...args])
-    : inside('/usr/local/bin/rated', args));
+    ? inside('setpriv', [`--reuid=${user}`, `--regid=${user}`, '--init-groups', 'rated', ...args])
+    : inside('rated', args));
   /** Replaces a file inside the container. */
   const writeInside = (path: string, text: string) => inside('sh', ['-c', 'printf %s "$1" >"$2"', 'sh', text, path]);
 
@@ -153,10 +159,15 @@ describe('systemd/rated.service under systemd, in a throwaway container', { skip
     writeFileSync(join(dir, 'boot.sh'), BOOT);
     chmodSync(join(dir, 'boot.sh'), 0o755);
     writeFileSync(join(dir, 'rated.yml'), CONFIG);
+    // The package, as the README builds it (dist/ is already built by the test run).
+    const packed = await execa('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', dir], { cwd: ROOT, reject: false });
+    const tarball = join(dir, packed.stdout.trim().split('\n').pop() ?? '');
+    assert.ok(packed.exitCode === 0 && existsSync(tarball), `npm pack failed: ${packed.stderr}`);
+    const cache = (await execa('npm', ['config', 'get', 'cache'])).stdout.trim();
     const base = join(dir, 'base');
     mkdirSync(base);
     container = spawn('unshare', ['--pid', '--kill-child=SIGKILL', '--mount', '--propagation', 'private', '--net', '--uts', '--ipc', '--cgroup',
-      join(dir, 'boot.sh'), base, ROOT.replace(/\/$/, ''), SYSTEMD], { stdio: ['ignore', 'pipe', 'pipe'] });
+      join(dir, 'boot.sh'), base, tarball, cache, SYSTEMD], { stdio: ['ignore', 'pipe', 'pipe'] });
     container.stdout?.on('data', (d: Buffer) => boot.push(d.toString()));
     container.stderr?.on('data', (d: Buffer) => boot.push(d.toString()));
     const unsharePid = container.pid;
@@ -315,7 +326,7 @@ describe('systemd/rated.service under systemd, in a throwaway container', { skip
 
   test('ipset backend: with the CAP_NET_RAW drop-in it runs and blocks; uninstall removes its rule and sets', async () => {
     await writeInside('/etc/rated/rated.yml', `${CONFIG}firewall: { backend: ipset }\n`);
-    const dropIn = await inside('install', ['-D', '-m', '0644', join(ROOT, 'systemd', 'cap-net-raw.conf'), '/etc/systemd/system/rated.service.d/cap-net-raw.conf']);
+    const dropIn = await inside('install', ['-D', '-m', '0644', `${(await inside('npm', ['root', '-g'])).stdout.trim()}/rated/systemd/cap-net-raw.conf`, '/etc/systemd/system/rated.service.d/cap-net-raw.conf']);
     assert.equal(dropIn.exitCode, 0, dropIn.stderr);
     await systemctl('daemon-reload');
     const start = await systemctl('start', 'rated.service');
