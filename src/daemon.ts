@@ -1,13 +1,13 @@
 import { mkdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { clientOf, parseNetwork, type Network } from './address.js';
+import { clientOf, neverAClient, parseNetwork, type Network } from './address.js';
 import type { Config } from './config/schema.js';
 import { steadyClock } from './clock.js';
 import type { ControlApi } from './control/api.js';
 import { ControlServer, isAlive } from './control/server.js';
 import { isPermissionError, preparePrivateDir, userSocketPath } from './control/user-socket.js';
-import { formatDuration, parseDuration } from './duration.js';
-import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type BlockView } from './enforce/index.js';
+import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
+import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type Block, type BlockView } from './enforce/index.js';
 import { describe, RatedError } from './errors.js';
 import { createLogger, RateLimitedLog, type Logger } from './log.js';
 import { AllowList } from './limit/allow.js';
@@ -239,7 +239,7 @@ export class Daemon implements ControlApi {
    * resync that follows compares them with the kernel. Entries now covered by
    * the allow list are dropped.
    */
-  private restoreJournal(): { blocks: number; expired: number; refused: number } | null {
+  private restoreJournal(): { blocks: number; expired: number; refused: number; invalid: number } | null {
     if (!this.journal) return null;
     const loaded = this.journal.load();
     if (loaded.movedAside) {
@@ -249,8 +249,11 @@ export class Daemon implements ControlApi {
     const now = this.clock();
     let expired = 0;
     let refused = 0;
+    const invalid: string[] = [];
     for (const block of loaded.blocks) {
-      if (block.expires !== null && block.expires <= now) {
+      const problem = this.journalProblem(block, now);
+      if (problem !== null) invalid.push(`${block.net.text}: ${problem}`);
+      else if (block.expires !== null && block.expires <= now) {
         expired++;
         // Without kernel timeouts (iptables) its rule is still there.
         if (!this.backend.expiresInKernel) this.backend.delete(block.net);
@@ -258,8 +261,31 @@ export class Daemon implements ControlApi {
       else if (this.allow.has(block.net)) refused++;
       else this.blocker.adopt(block);
     }
+    if (invalid.length > 0) {
+      this.stats.errors.inc('journal');
+      this.log.warn({ skipped: invalid.length, entries: invalid.slice(0, 5) }, 'journal entries that no input could have made were skipped; the rest is kept');
+    }
     this.limiter.importOffences(loaded.offences);
-    return { blocks: loaded.blocks.length - expired - refused, expired, refused };
+    return { blocks: loaded.blocks.length - expired - refused - invalid.length, expired, refused, invalid: invalid.length };
+  }
+
+  /**
+   * Why a journal entry could not have been made by any input (the journal is
+   * a file someone else may have written), or null when it could.
+   */
+  private journalProblem(block: Block, now: number): string | null {
+    const net = block.net;
+    if (net.prefix < WIDEST[net.family]) return `wider than /${WIDEST[net.family]}`;
+    const special = neverAClient(net);
+    if (special !== null) return `${special}, never a client`;
+    if (block.expires === null) return null;
+    if (!Number.isSafeInteger(block.expires)) return 'an expiry that is no time';
+    // Rule blocks last at most as long as escalation lets them; any block at most as long as a duration can be.
+    const longest = block.source === 'rule' || block.source === 'reconciled'
+      ? Math.max(this.config.escalation.max, ...this.config.rules.map((r) => r.block))
+      : MAX_DURATION_MS;
+    if (block.expires - now > longest + 60_000) return `${formatDuration(block.expires - now)} left, longer than any block (${formatDuration(longest)})`;
+    return null;
   }
 
   /**

@@ -50,8 +50,12 @@ export interface Backend {
   commit(): Promise<CommitResult>;
   /** Reads our elements back from the kernel. */
   list(): Promise<KernelEntry[]>;
-  /** Removes every element we manage, keeps the structure; returns how many there were. */
-  flush(): Promise<number>;
+  /**
+   * Removes every element we manage, keeps the structure, at a cost that does
+   * not grow with the number of elements; returns how many there were, or
+   * null when that cannot be known as cheaply.
+   */
+  flush(): Promise<number | null>;
 }
 
 /** One queued change. */

@@ -215,26 +215,37 @@ export class Blocker {
     return block;
   }
 
-  /** Lifts every block we manage and empties our sets; returns how many blocks there were. */
+  /**
+   * Lifts every block we manage and empties our sets; returns how many blocks
+   * there were. A block is forgotten only once the kernel has let it go: when
+   * the flush fails, every block stays, listed and in force.
+   */
   flush(): Promise<number> {
     return this.serialize(async () => {
+      await this.settle();
       const all = [...this.blocks.values()];
-      this.blocks.clear();
-      this.byLength.clear();
-      this.expiring.clear();
+      const changed = new Set<string>();
+      this.changedDuringList = changed;
+      let inKernel: number | null;
+      try {
+        inKernel = await this.backend.flush();
+      } finally {
+        this.changedDuringList = null;
+      }
       for (const b of all) {
-        this.changedDuringList?.add(b.net.text);
+        // Made, extended or lifted while the sets were emptied: a decision of its own.
+        if (changed.has(b.net.text) || this.blocks.get(b.net.text) !== b) continue;
+        this.remove(b);
         this.lifted(b, 'flush');
       }
-      await this.settle();
-      const inKernel = await this.backend.flush();
+      this.expiring.clear();
       // Blocks decided while the sets were being emptied may have been emptied with them.
       const now = this.now();
       for (const b of this.blocks.values()) {
         if (b.expires !== null && b.expires > now && !this.coveredByOther(b)) this.backend.add(b.net, b.expires - now, true);
       }
       this.changed();
-      return Math.max(all.length, inKernel);
+      return Math.max(all.length, inKernel ?? 0);
     });
   }
 

@@ -43,7 +43,7 @@ export class DryRunBackend implements Backend {
     return [...this.elements.values()];
   }
 
-  async flush(): Promise<number> {
+  async flush(): Promise<number | null> {
     const count = (await this.list()).length;
     this.elements.clear();
     return count;

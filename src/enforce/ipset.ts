@@ -90,6 +90,8 @@ export interface SetHeader {
   readonly family: string | null;
   readonly maxelem: number | null;
   readonly timeout: boolean;
+  /** Number of entries, as the header reports it. */
+  readonly entries: number | null;
 }
 
 export function parseHeader(text: string): SetHeader | null {
@@ -98,7 +100,11 @@ export function parseHeader(text: string): SetHeader | null {
   if (!type || header === undefined) return null;
   const field = (name: string): string | null => new RegExp(`(?:^| )${name} (\\S+)`).exec(header)?.[1] ?? null;
   const maxelem = field('maxelem');
-  return { type, family: field('family'), maxelem: maxelem === null ? null : Number(maxelem), timeout: field('timeout') !== null };
+  const entries = /^Number of entries: (\d+)/m.exec(text)?.[1];
+  return {
+    type, family: field('family'), maxelem: maxelem === null ? null : Number(maxelem), timeout: field('timeout') !== null,
+    entries: entries === undefined ? null : Number(entries),
+  };
 }
 
 /**
@@ -229,10 +235,13 @@ export class IpsetBackend implements Backend {
     return out;
   }
 
-  async flush(): Promise<number> {
-    const count = (await this.list()).length;
+  async flush(): Promise<number | null> {
+    // The header counts the entries; reading them all would cost as much as the set is large.
+    let count = 0;
     for (const family of FAMILIES) {
-      if (await this.readHeader(family) === null) continue;
+      const header = await this.readHeader(family);
+      if (header === null) continue;
+      count += header.entries ?? 0;
       const set = setName(this.options.table, family);
       const result = await this.run('ipset', ['flush', set]);
       if (result.exitCode !== 0) throw new RatedError('FIREWALL_FAILED', `ipset: cannot flush set ${set}: ${firstLine(result.stderr)}`);

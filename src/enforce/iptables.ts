@@ -181,7 +181,7 @@ export class IptablesBackend implements Backend {
     return out;
   }
 
-  async flush(): Promise<number> {
+  async flush(): Promise<number | null> {
     let count = 0;
     for (const family of FAMILIES) {
       const lines = await listTable(this.run, family, this.anchor.table, false, WHO);

@@ -303,7 +303,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
 
     const remainingAtStart = ((manual.expires ?? 0) - Date.now()) / 1000;
     const d = await start();
-    assert.deepEqual(d.started.journal, { blocks: 2, expired: 1, refused: 0 }, JSON.stringify(d.started));
+    assert.deepEqual(d.started.journal, { blocks: 2, expired: 1, refused: 0, invalid: 0 }, JSON.stringify(d.started));
     const blocks = await list();
     const adopted = blocks.find((b) => b.ip === '198.51.100.9');
     assert.ok(adopted, `the hand-added element is listed: ${JSON.stringify(blocks)}`);
@@ -458,6 +458,38 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
     }
     for (const file of movedAside) assert.ok(existsSync(file) || lstatSync(file).isSymbolicLink(), `${file} is still there`);
     for (const file of movedAside) rmSync(file, { force: true });
+  });
+
+  test('journal entries pass the same checks as any input: impossible ones are skipped and reported, the rest is kept', async () => {
+    const path = join(stateDir, 'blocks.json');
+    const now = Date.now();
+    const tenYears = now + 3653 * 86_400_000;
+    const entry = (ip: string, expires: number, source = 'manual'): JournalBlock =>
+      ({ ip, rule: null, reason: 'planted', source, since: now, expires, hits: null });
+    const good = entry('198.51.100.55', now + 600_000);
+    writeFileSync(path, JSON.stringify({ version: 1, savedAt: new Date(now).toISOString(), offences: [], blocks: [
+      entry('128.0.0.0/1', tenYears), entry('2000::/3', tenYears), entry('198.51.100.56', 99999999999999999),
+      entry('198.51.100.57', tenYears), entry('fe80::/64', now + 600_000), entry('0.0.0.0/8', now + 600_000),
+      entry('198.51.100.58', now + 30 * 86_400_000, 'rule'), good,
+    ] }));
+    const d = await start();
+    assert.equal((d.started.journal as { invalid?: number }).invalid, 7, JSON.stringify(d.started));
+    const warning = await d.waitForLine((l) => l.msg === 'journal entries that no input could have made were skipped; the rest is kept');
+    assert.equal(warning.skipped, 7);
+    const res = await callApi(socket, 'GET', '/blocks');
+    assert.equal(res.status, 200, `GET /blocks answers: ${res.text.slice(0, 200)}`);
+    const listed = (res.body as BlockJson[]).map((b) => b.ip);
+    assert.ok(listed.includes(good.ip), `the good entry is kept: ${listed.join(' ')}`);
+    for (const ip of ['128.0.0.0/1', '2000::/3', '198.51.100.56', '198.51.100.57', 'fe80::/64', '0.0.0.0/8', '198.51.100.58']) {
+      assert.ok(!listed.includes(ip), `${ip} is not adopted`);
+    }
+    const cli = await d.cli(['list', '--json']);
+    assert.equal(cli.code, 0, cli.stderr);
+    const k = await kernel();
+    assert.ok(k.has(good.ip), 'the good entry is in the kernel');
+    for (const ip of ['128.0.0.0/1', '198.51.100.56', '198.51.100.57', '0.0.0.0/8']) assert.ok(!k.has(ip), `${ip} never reached the kernel`);
+    assert.equal((await d.cli(['unblock', good.ip])).code, 0);
+    await stopCleanly(d);
   });
 
   test('with the daemon down, list, unblock and flush work on our sets only; the next start forgets what was lifted', async () => {

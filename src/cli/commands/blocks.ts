@@ -72,8 +72,10 @@ export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void>
     args,
     async () => ((await api(args, 'DELETE', '/blocks')).body as { lifted: number }).lifted,
     async (backend) => {
-      forgetInJournal(args, () => true);
-      return backend.flush();
+      // The kernel first: when it fails, the journal still holds every block.
+      const inKernel = await backend.flush();
+      const inJournal = forgetInJournal(args, () => true);
+      return Math.max(inKernel ?? 0, inJournal);
     },
   );
   out(`lifted ${lifted} block${lifted === 1 ? '' : 's'}`);

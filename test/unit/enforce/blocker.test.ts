@@ -45,7 +45,9 @@ class IntervalSetBackend implements Backend {
   async list(): Promise<KernelEntry[]> {
     return [...this.kernel.values()].map((e) => ({ net: e.net, expiresAt: null }));
   }
-  async flush(): Promise<number> {
+  flushFails = false;
+  async flush(): Promise<number | null> {
+    if (this.flushFails) throw new Error('nft did not finish within 10000 ms and was killed');
     const n = this.kernel.size;
     this.kernel.clear();
     return n;
@@ -145,6 +147,20 @@ test('flush lifts everything and empties the sets', async () => {
   assert.equal(await blocker.flush(), 2);
   assert.equal(blocker.size, 0);
   assert.equal(backend.kernel.size, 0);
+});
+
+test('a flush the kernel fails forgets nothing: every block stays listed and in force', async () => {
+  const { backend, blocker } = setup();
+  blocker.block({ net: net('192.0.2.1'), durationMs: 60_000, source: 'rule' });
+  blocker.block({ net: net('192.0.2.2'), durationMs: 60_000, source: 'manual' });
+  await blocker.settle();
+  backend.flushFails = true;
+  await assert.rejects(blocker.flush(), /killed/);
+  assert.equal(blocker.size, 2, 'both blocks are still listed');
+  assert.equal(backend.kernel.size, 2, 'and still in the kernel');
+  backend.flushFails = false;
+  assert.equal(await blocker.flush(), 2);
+  assert.equal(blocker.size, 0);
 });
 
 test('resync adopts unknown kernel elements as reconciled and restores missing ones', async () => {

@@ -91,11 +91,11 @@ add rated-v6 ::ffff:0.0.0.0/96 timeout 99
   assert.deepEqual(parseSave(save, 'rated-v6', 6, 0).map((e) => [e.net.text, e.net.family, e.expiresAt]), [['2001:db8:1::/64', 6, 99_000]]);
 });
 
-test('parseHeader: type, family, maxelem and timeout support', () => {
-  const ours = 'Name: rated-v4\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 4 timeout 0 bucketsize 12 initval 0x9e02b0b1\nSize in memory: 520\n';
-  assert.deepEqual(parseHeader(ours), { type: 'hash:net', family: 'inet', maxelem: 4, timeout: true });
+test('parseHeader: type, family, maxelem, timeout support and the number of entries', () => {
+  const ours = 'Name: rated-v4\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 4 timeout 0 bucketsize 12 initval 0x9e02b0b1\nSize in memory: 520\nReferences: 1\nNumber of entries: 3\n';
+  assert.deepEqual(parseHeader(ours), { type: 'hash:net', family: 'inet', maxelem: 4, timeout: true, entries: 3 });
   const foreign = 'Name: rated-v4\nType: hash:ip\nRevision: 6\nHeader: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n';
-  assert.deepEqual(parseHeader(foreign), { type: 'hash:ip', family: 'inet', maxelem: 65536, timeout: false });
+  assert.deepEqual(parseHeader(foreign), { type: 'hash:ip', family: 'inet', maxelem: 65536, timeout: false, entries: null });
   assert.equal(parseHeader('garbage'), null);
 });
 
