@@ -468,7 +468,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
       ({ ip, rule: null, reason: 'planted', source, since: now, expires, hits: null });
     const good = entry('198.51.100.55', now + 600_000);
     writeFileSync(path, JSON.stringify({ version: 1, savedAt: new Date(now).toISOString(), offences: [], blocks: [
-      entry('128.0.0.0/1', tenYears), entry('2000::/3', tenYears), entry('198.51.100.56', 99999999999999999),
+      entry('128.0.0.0/1', tenYears), entry('2000::/3', tenYears), entry('198.51.100.56', 1e17),
       entry('198.51.100.57', tenYears), entry('fe80::/64', now + 600_000), entry('0.0.0.0/8', now + 600_000),
       entry('198.51.100.58', now + 30 * 86_400_000, 'rule'), good,
     ] }));
