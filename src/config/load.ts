@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { fstatSync, closeSync, openSync, readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
@@ -20,26 +20,52 @@ export const EMBEDDED = 'embedded defaults';
 /** Finds and loads the configuration: `--config`, `$RATED_CONFIG`, /etc/rated/rated.yml, else the embedded defaults. */
 export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
   const chosen = explicit ?? (env.RATED_CONFIG || undefined);
-  if (chosen !== undefined) return { config: readConfigFile(chosen), source: chosen };
-  let text: string;
-  try {
-    text = readFileSync(DEFAULT_PATH, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { config: parseConfig({}), source: EMBEDDED };
-    throw configError(DEFAULT_PATH, `cannot read: ${(err as Error).message}`);
-  }
+  if (chosen !== undefined) return { config: readConfigFile(chosen, false), source: chosen };
+  const text = readTrusted(DEFAULT_PATH, true);
+  if (text === null) return { config: parseConfig({}), source: EMBEDDED };
   return { config: parseConfigText(text, DEFAULT_PATH), source: DEFAULT_PATH };
 }
 
-function readConfigFile(path: string): Config {
-  let text: string;
+function readConfigFile(path: string, optional: boolean): Config {
+  const text = readTrusted(path, optional);
+  if (text === null) throw configError(path, 'no such file');
+  return parseConfigText(text, path);
+}
+
+/**
+ * Reads a configuration file that only a trusted user can have written, as
+ * sshd does: refused when every user may write it, or when it belongs to
+ * someone other than root or the user running rated. Null when it does not
+ * exist and may be missing.
+ */
+function readTrusted(path: string, optional: boolean): string | null {
+  let fd: number;
   try {
-    text = readFileSync(path, 'utf8');
+    fd = openSync(path, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw configError(path, code === 'ENOENT' ? 'no such file' : `cannot read: ${(err as Error).message}`);
+    if (code === 'ENOENT') {
+      if (optional) return null;
+      throw configError(path, 'no such file');
+    }
+    throw configError(path, `cannot read: ${(err as Error).message}`);
   }
-  return parseConfigText(text, path);
+  try {
+    const st = fstatSync(fd);
+    const uid = process.getuid?.() ?? 0;
+    if (st.isFile() && (st.mode & 0o002) !== 0) {
+      throw configError(path, `every user may write this file (mode ${(st.mode & 0o777).toString(8)}), so anyone could change what rated blocks: chmod o-w ${path}`);
+    }
+    if (st.isFile() && st.uid !== 0 && st.uid !== uid) {
+      throw configError(path, `owned by uid ${st.uid}, neither root nor the user running rated (${uid}): chown root ${path}`);
+    }
+    return readFileSync(fd, 'utf8');
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'CONFIG') throw err;
+    throw configError(path, `cannot read: ${(err as Error).message}`);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Parses YAML text into a validated configuration; errors name the file, line and key. */
@@ -62,6 +88,10 @@ export function parseConfigText(text: string, file: string): Config {
 
 /** Validates a plain object against the schema, adds the checks the schema cannot express, and freezes it. */
 export function parseConfig(raw: unknown): Config {
+  // The content of a file that is no configuration (say /etc/shadow) is never repeated in an error.
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw configError('', `expected a mapping of keys (receivers, rules, …) at the top level, got ${Array.isArray(raw) ? 'a list' : `a ${typeof raw}`}: is this rated's configuration file?`);
+  }
   // zod leaves issue.input out unless asked; the messages show what was received.
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
@@ -136,15 +166,24 @@ function describeReceived(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'a list';
   if (typeof value === 'object') return 'a mapping';
+  // A short preview: an error message never carries a long value in full.
+  if (typeof value === 'string' && value.length > 40) return `${JSON.stringify(value.slice(0, 40))}… (${value.length} characters)`;
   return JSON.stringify(value);
 }
 
 /** Formats a key path the way the configuration file reads: `rules[0].window`. */
 export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
-  for (const part of path) {
-    if (typeof part === 'number') out += `[${part}]`;
-    else out += out ? `.${String(part)}` : String(part);
+  for (const raw of path) {
+    if (typeof raw === 'number') {
+      out += `[${raw}]`;
+      continue;
+    }
+    // A key is shown only when it could be a key: a file that is no
+    // configuration (say /etc/shadow) has its lines read as keys.
+    const text = String(raw);
+    const part = /^[\x21-\x7e]{1,64}$/.test(text) && !/[:$]/.test(text) ? text : `<a key of ${text.length} characters, not shown>`;
+    out += out ? `.${part}` : part;
   }
   return out;
 }

@@ -1,3 +1,4 @@
+import { backtrackingRisk } from '../regex-guard.js';
 import type { Hit } from '../receive/hit.js';
 import { WindowSpec } from './sliding-window.js';
 
@@ -128,11 +129,17 @@ function compileRule(rule: Rule): CompiledRule {
 }
 
 function regex(pattern: string, flags: string, where: string): RegExp {
+  let re: RegExp;
   try {
-    return new RegExp(pattern.slice(1), flags);
+    re = new RegExp(pattern.slice(1), flags);
   } catch (err) {
     throw new Error(`${where}: invalid regular expression ${JSON.stringify(pattern)}: ${(err as Error).message}`, { cause: err });
   }
+  const risk = backtrackingRisk(re.source);
+  if (risk !== null) {
+    throw new Error(`${where}: ${JSON.stringify(pattern)} has ${risk}, which can take exponential time on a hostile request; write it without one`);
+  }
+  return re;
 }
 
 function nonEmpty(list: readonly unknown[], where: string): void {

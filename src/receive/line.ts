@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { parseAddress, type Network } from '../address.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { backtrackingRisk } from '../regex-guard.js';
 import { boundField, parseMethod, parseStatus, type HitSink } from './hit.js';
 
 /**
@@ -84,6 +85,8 @@ const TIME_EPOCH = /^\d{9,11}(\.\d{1,6})?$/;
 export function compilePattern(pattern: string | RegExp): RegExp {
   const re = typeof pattern === 'string' ? new RegExp(pattern) : pattern;
   if (!/\(\?<ip>/.test(re.source)) throw new Error('the pattern needs a named group "ip", e.g. ^(?<ip>\\S+) ');
+  const risk = typeof pattern === 'string' ? backtrackingRisk(re.source) : null;
+  if (risk !== null) throw new Error(`the pattern has ${risk}, which can take exponential time on a hostile line; write it without one`);
   // Global or sticky regexes keep state between exec() calls.
   return re.global || re.sticky ? new RegExp(re.source, re.flags.replace(/[gy]/g, '')) : re;
 }

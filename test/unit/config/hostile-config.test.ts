@@ -68,8 +68,8 @@ const CASES: ReadonlyArray<readonly [string, string, RegExp]> = [
   ['a JS function tag', 'log: !!js/function "function(){}"\n', /^log: /],
   ['a binary tag', 'log: !!binary aGVsbG8=\n', /^log/],
   ['NUL in a key', 'log:\u0000 { level: info }\n', /./],
-  ['a list at the top', '- a\n- b\n', /expected object/],
-  ['a scalar at the top', 'hello\n', /expected object/],
+  ['a list at the top', '- a\n- b\n', /expected a mapping of keys .* got a list/],
+  ['a scalar at the top', 'hello\n', /got a string: is this rated's configuration file/],
   ['unclosed flow', 'rules: [{ name: a\n', /YAML/],
 ];
 
@@ -94,4 +94,27 @@ test('a valid file next to the hostile ones still loads, frozen', () => {
   const c = parseConfigText('rules: [{ name: a, limit: 1, window: 3650d, block: 3650d }]\n', 'ok.yml');
   assert.equal(c.rules[0]?.block, 3650 * 86_400_000);
   assert.ok(Object.isFrozen(c.rules[0]));
+});
+
+test('a file that is no configuration (/etc/shadow) is refused without repeating its content', () => {
+  const shadow = 'root:$y$j9T$Wq0Hs1kZ$Zx8secretsecretsecretsecret:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n';
+  let message = '';
+  try {
+    parseConfigText(shadow, '/etc/shadow');
+  } catch (err) {
+    message = (err as Error).message;
+  }
+  assert.ok(message, 'refused');
+  assert.doesNotMatch(message, /secret|\$y\$|20228/, message);
+});
+
+test('patterns that backtrack catastrophically are refused with the rule and key; linear ones pass', () => {
+  const rule = (path: string): string => `rules:\n  - { name: r, limit: 5, window: 10s, block: 1m, match: { path: ${JSON.stringify(path)} } }\n`;
+  for (const bad of ['~^/(a+)+$', '~^/(a*)*b', '~^/(a|aa)+$', '~^/(\\w+\\s?)*$', '~^/(.*a){2,}$', '~^/(a)\\1$']) {
+    assert.throws(() => parseConfigText(rule(bad), 'x.yml'), (err: unknown) => err instanceof Error && /match\.path/.test(err.message) && /exponential/.test(err.message), bad);
+  }
+  for (const good of ['~^/wp-(login|admin)', '~^/api/v[0-9]+/', '~\\.(php|asp)$', '~^/(a+)$', '~^/[(]+$', '~^/(ab){3}$']) {
+    assert.doesNotThrow(() => parseConfigText(rule(good), 'x.yml'), good);
+  }
+  assert.throws(() => parseConfigText('receivers:\n  udp: { pattern: "^(?<ip>(\\\\S+)+) " }\n', 'x.yml'), /exponential/);
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EMBEDDED, loadConfig, parseConfig, parseConfigText } from '../../../src/config/load.js';
@@ -84,7 +84,7 @@ test('YAML errors and files: missing file, duplicate keys, not a mapping', () =>
   assert.match(configError(() => loadConfig(dup)).message, /dup\.yml: invalid YAML/);
   const list = join(dir, 'list.yml');
   writeFileSync(list, '- a\n- b\n');
-  assert.match(configError(() => loadConfig(list)).message, /expected object/);
+  assert.match(configError(() => loadConfig(list)).message, /expected a mapping of keys/);
 });
 
 test('search order: --config, then $RATED_CONFIG, then the embedded defaults', () => {
@@ -104,5 +104,21 @@ test('the HTTP receiver may listen on every interface, with a token', () => {
     const c = parseConfig({ receivers: { http: { address, token: 'a-long-enough-token' } } });
     assert.equal(c.receivers.http?.address, address);
     assert.throws(() => parseConfig({ receivers: { http: { address } } }), /receivers\.http\.token: required/);
+  }
+});
+
+test('a configuration file anyone may write, or that belongs to another user, is refused with what to do', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rated-config-'));
+  const file = join(dir, 'rated.yml');
+  writeFileSync(file, 'log: { level: warn }\n', { mode: 0o644 });
+  assert.equal(loadConfig(file).config.log.level, 'warn');
+  chmodSync(file, 0o666);
+  const open = configError(() => loadConfig(file));
+  assert.equal(open.exitCode, 2);
+  assert.match(open.message, /every user may write this file \(mode 666\).*chmod o-w/);
+  chmodSync(file, 0o644);
+  if (process.getuid?.() === 0) {
+    chownSync(file, 12345, 12345);
+    assert.match(configError(() => loadConfig(file)).message, /owned by uid 12345, neither root nor the user running rated.*chown root/);
   }
 });
