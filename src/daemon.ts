@@ -6,7 +6,7 @@ import { steadyClock } from './clock.js';
 import type { ControlApi } from './control/api.js';
 import { ControlServer, isAlive } from './control/server.js';
 import { isPermissionError, preparePrivateDir, userSocketPath } from './control/user-socket.js';
-import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
+import { formatDuration, formatSpan, MAX_DURATION_MS, parseDuration } from './duration.js';
 import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type Block, type BlockView } from './enforce/index.js';
 import { describe, RatedError } from './errors.js';
 import { createLogger, RateLimitedLog, type Logger } from './log.js';
@@ -284,7 +284,7 @@ export class Daemon implements ControlApi {
     const longest = block.source === 'rule' || block.source === 'reconciled'
       ? Math.max(this.config.escalation.max, ...this.config.rules.map((r) => r.block))
       : MAX_DURATION_MS;
-    if (block.expires - now > longest + 60_000) return `${formatDuration(block.expires - now)} left, longer than any block (${formatDuration(longest)})`;
+    if (block.expires - now > longest + 60_000) return `${formatSpan(block.expires - now)} left, longer than any block (${formatSpan(longest)})`;
     return null;
   }
 

@@ -29,3 +29,23 @@ export function formatDuration(ms: number): string {
   }
   return `${ms}ms`;
 }
+
+/**
+ * Formats a span of time for people and logs, to the second: `10m` for a
+ * block adopted with 599,913 ms left as for one of ten minutes made here;
+ * `1h30m` or `59m59s` where no single unit is exact.
+ */
+export function formatSpan(ms: number): string {
+  let s = Math.max(0, Math.round(ms / 1000));
+  if (s === 0) return '0s';
+  const whole = formatDuration(s * 1000);
+  if (!whole.endsWith('s') || s < 120) return whole;
+  let out = '';
+  for (const [unit, size] of [['d', 86_400], ['h', 3_600], ['m', 60], ['s', 1]] as const) {
+    if (s >= size) {
+      out += `${Math.floor(s / size)}${unit}`;
+      s %= size;
+    }
+  }
+  return out;
+}

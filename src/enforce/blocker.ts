@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { contains, neverAClient, toNetwork, type Network } from '../address.js';
-import { formatDuration } from '../duration.js';
+import { formatDuration, formatSpan } from '../duration.js';
 import { describe, RatedError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -491,7 +491,7 @@ export class Blocker {
     this.log.info({
       ip: block.net.text, rule: block.rule, source: block.source, hits: block.hits,
       window: req.windowMs === undefined ? undefined : formatDuration(req.windowMs),
-      duration: formatDuration(req.durationMs), reason: block.reason,
+      duration: formatSpan(req.durationMs), reason: block.reason,
       expires: block.expires === null ? null : new Date(block.expires).toISOString(),
     }, msg);
   }
