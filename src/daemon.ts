@@ -9,7 +9,7 @@ import { isPermissionError, preparePrivateDir, userSocketPath } from './control/
 import { formatDuration, formatSpan, MAX_DURATION_MS, parseDuration } from './duration.js';
 import { Blocker, createRunner, selectBackend, viewBlock, type Backend, type Block, type BlockView } from './enforce/index.js';
 import { describe, RatedError } from './errors.js';
-import { createLogger, RateLimitedLog, type Logger } from './log.js';
+import { createLogger, RateLimitedLog, routeConsole, type Logger } from './log.js';
 import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { WindowSpec } from './limit/sliding-window.js';
@@ -68,6 +68,7 @@ export class Daemon implements ControlApi {
   constructor(private readonly options: DaemonOptions) {
     this.config = options.config;
     this.log = options.log ?? createLogger(this.config.log.level);
+    if (!options.log) routeConsole(this.log);
     this.refusals = new RateLimitedLog(this.log);
     this.allow = AllowList.fromConfig([...this.config.allow], this.config.allowSelf);
     this.stats = new Metrics({

@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import { format } from 'node:util';
 
 export type { Logger };
 
@@ -38,4 +39,23 @@ export class RateLimitedLog {
     this.last.set(key, { at: now, suppressed: 0 });
     this.log[level](suppressed > 0 ? { ...fields, suppressed } : fields, msg);
   }
+}
+
+/**
+ * Sends what libraries print to the console (ioredis's `[WARN] …` lines) and
+ * Node's process warnings through the logger, at a bounded rate, so the
+ * daemon's output stays one JSON object per line.
+ */
+export function routeConsole(log: Logger): void {
+  const limited = new RateLimitedLog(log, 60_000, 100);
+  const route = (level: 'warn' | 'error') => (...args: unknown[]): void => {
+    const text = format(...args).split('\n')[0]?.slice(0, 500) ?? '';
+    limited[level](`console:${text.slice(0, 80)}`, { from: 'library', text }, 'a library said');
+  };
+  console.warn = route('warn');
+  console.error = route('error');
+  console.log = route('warn');
+  // Without its default listener Node prints nothing itself; ours logs the warning as JSON.
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error) => limited.warn(`warning:${w.name}`, { warning: w.name, text: w.message.slice(0, 500) }, 'Node warning'));
 }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { isIP } from 'node:net';
+import { connect, isIP } from 'node:net';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -94,6 +94,9 @@ export class RedisLink {
   private lastErrorText: string | null = null;
   /** True once the current outage has been logged, so it is logged once. */
   private outageLogged = false;
+  /** The error with which Redis refused rated (protected mode, a wrong password), until it accepts it again. */
+  private refusal: string | null = null;
+  private refusalLogged = false;
   private probeTimer: NodeJS.Timeout | null = null;
   private probing = false;
   private closed = false;
@@ -144,19 +147,15 @@ export class RedisLink {
       if (!this.closed) this.markDown(new Error(this.lastErrorText ?? 'connection closed'));
     });
     this.client.on('error', (err: Error) => {
-      this.lastErrorText = describe(err);
+      this.noteError(err);
       if (this.client.status !== 'ready') this.markDown(err);
     });
-    this.subscriber.on('error', (err: Error) => {
-      this.lastErrorText = describe(err);
-    });
+    this.subscriber.on('error', (err: Error) => this.noteError(err));
     this.subscriber.on('ready', () => {
       this.subscriber.subscribe(options.channel).then(() => {
         // Changes published while we were not listening are picked up by a resync.
         if (this.upNow) options.onUp();
-      }, (err: unknown) => {
-        this.lastErrorText = describe(err);
-      });
+      }, (err: unknown) => this.noteError(err));
     });
     this.subscriber.on('message', (_channel: string, message: string) => options.onMessage(message));
   }
@@ -209,7 +208,26 @@ export class RedisLink {
    */
   failed(err: unknown): void {
     if (isOutage(err)) this.markDown(err);
-    else this.lastErrorText = describe(err);
+    else this.noteError(err);
+  }
+
+  /**
+   * Remembers an error. When Redis refuses rated itself (protected mode, a
+   * wrong password) that cause is said once, with what to do, and is not
+   * hidden by the broken pipes that follow it.
+   */
+  private noteError(err: unknown): void {
+    const text = describe(err);
+    const fix = redisAdvice(text);
+    if (fix === null) {
+      if (this.refusal === null || !/EPIPE|ECONNRESET|closed|ended/i.test(text)) this.lastErrorText = text;
+      return;
+    }
+    this.refusal = text;
+    this.lastErrorText = text;
+    if (this.refusalLogged) return;
+    this.refusalLogged = true;
+    this.log.warn({ redis: this.status().url, err: text, fix }, 'Redis refuses rated');
   }
 
   status(): RedisStatus {
@@ -253,6 +271,8 @@ export class RedisLink {
     this.options.metrics.redisUp = 1;
     if (this.probeTimer) clearInterval(this.probeTimer);
     this.probeTimer = null;
+    this.refusal = null;
+    this.refusalLogged = false;
     const status = this.status();
     if (this.outageLogged) this.log.info({ redis: status.url }, 'Redis is reachable again; resynchronising blocks');
     else this.log.info({ redis: status.url, mode: this.mode }, 'connected to Redis');
@@ -262,7 +282,7 @@ export class RedisLink {
 
   private markDown(err: unknown): void {
     if (this.closed) return;
-    this.lastErrorText = describe(err);
+    this.noteError(err);
     if (this.upNow) {
       this.upNow = false;
       this.changedAt = Date.now();
@@ -272,8 +292,35 @@ export class RedisLink {
       this.outageLogged = true;
       this.log.warn({ redis: this.status().url, err: this.lastErrorText },
         'Redis is unreachable; counting locally and enforcing blocks here until it returns');
+      // A server that takes the connection and drops it at once may be refusing
+      // rated (protected mode), which the client library reports as a broken pipe.
+      if (this.refusal === null && /EPIPE|ECONNRESET|closed/i.test(this.lastErrorText ?? '')) void this.askWhy();
     }
     this.startProbe();
+  }
+
+  /** Asks the first server with a bare PING what it says to a newcomer; a refusal is noted with its fix. */
+  private async askWhy(): Promise<void> {
+    const c = this.options.config;
+    const e = parseRedisUrl(c.url ?? c.cluster?.[0] ?? '');
+    if (!e || e.tls) return;
+    const first = await new Promise<string>((resolve) => {
+      const socket = connect(e.port, e.host);
+      let text = '';
+      const done = (): void => {
+        socket.destroy();
+        resolve(text.split('\r\n')[0] ?? '');
+      };
+      socket.setTimeout(this.timeoutMs * 2, done);
+      socket.on('connect', () => socket.write('PING\r\n'));
+      socket.on('data', (d: Buffer) => {
+        text += d.toString('latin1');
+        if (text.includes('\r\n')) done();
+      });
+      socket.on('error', done);
+      socket.on('close', done);
+    });
+    if (first.startsWith('-')) this.noteError(new Error(first.slice(1, 300)));
   }
 
   /** While down, asks every master for a PING each second; all answering means up again. */
@@ -300,10 +347,23 @@ export class RedisLink {
       await this.bounded(() => Promise.all(targets.map((t) => t.ping())));
       return true;
     } catch (err) {
-      this.lastErrorText = describe(err);
+      this.noteError(err);
       return false;
     }
   }
+}
+
+/** What to do when Redis refuses rated itself rather than being out of reach; null for other errors. */
+export function redisAdvice(text: string): string | null {
+  if (/protected mode|^DENIED/i.test(text)) {
+    return 'Redis is in protected mode and refuses clients from other addresses: set requirepass in redis.conf and put the password in redis.url (redis://:PASSWORD@host:6379/0), or bind Redis where rated may reach it';
+  }
+  if (/WRONGPASS|invalid username-password|invalid password/i.test(text)) {
+    return 'Redis refused the password: check the one in redis.url (redis://[USER]:PASSWORD@host:6379/0) against requirepass or the ACL user';
+  }
+  if (/NOAUTH|Authentication required/i.test(text)) return 'Redis requires a password: put it in redis.url (redis://:PASSWORD@host:6379/0)';
+  if (/NOPERM/i.test(text)) return 'the Redis ACL user in redis.url lacks a permission rated needs (EVALSHA, HSET, ZADD, PUBLISH, SUBSCRIBE): grant it';
+  return null;
 }
 
 // Error replies that mean the data is out of reach, not that one command was wrong.

@@ -36,6 +36,8 @@ export interface RedisOptions {
   readonly cluster?: boolean;
   /** Starts it with `requirepass`; `cli` then authenticates. */
   readonly password?: string;
+  /** Leaves Redis's protected mode on (no bind, no password: clients from other addresses are refused). */
+  readonly protectedMode?: boolean;
 }
 
 /** Servers started and not stopped yet, killed if the test process ends first, and their directories. */
@@ -74,15 +76,17 @@ export async function startRedis(options: RedisOptions = {}): Promise<RedisServe
   dirs.add(dir);
   const ns = options.namespace;
   const args = [
-    '--port', String(port), '--bind', host, '--dir', dir, '--save', '', '--appendonly', 'no',
-    '--daemonize', 'no', '--protected-mode', 'no', '--logfile', join(dir, 'redis.log'),
+    '--port', String(port), ...(options.protectedMode ? [] : ['--bind', host]), '--dir', dir, '--save', '', '--appendonly', 'no',
+    '--daemonize', 'no', '--protected-mode', options.protectedMode ? 'yes' : 'no', '--logfile', join(dir, 'redis.log'),
     ...(options.password !== undefined ? ['--requirepass', options.password] : []),
     ...(options.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
   ];
   const auth = options.password !== undefined ? ['-a', options.password, '--no-auth-warning'] : [];
+  // In protected mode only loopback clients are served.
+  const cliHost = options.protectedMode ? '127.0.0.1' : host;
   const cliPrefix = (a: readonly string[]): [string, string[]] => ns
-    ? ['ip', ['netns', 'exec', ns.name, 'redis-cli', '-h', host, '-p', String(port), ...auth, ...a]]
-    : ['redis-cli', ['-h', host, '-p', String(port), ...auth, ...a]];
+    ? ['ip', ['netns', 'exec', ns.name, 'redis-cli', '-h', cliHost, '-p', String(port), ...auth, ...a]]
+    : ['redis-cli', ['-h', cliHost, '-p', String(port), ...auth, ...a]];
   const cli = async (a: readonly string[]): Promise<string> => {
     const [cmd, full] = cliPrefix(a);
     const r = await execa(cmd, full, { reject: false, timeout: 10_000, input: '' });
