@@ -298,8 +298,9 @@ function mappedV4(): number {
 /** Not 0.0.0.0/8, multicast (224.0.0.0/4) or broadcast. */
 function usableV4(v4: number): boolean {
   const first = Math.floor(v4 / 16777216);
-  // Link-local (169.254.0.0/16, the cloud metadata address among them) is no remote client either.
-  return first !== 0 && (first < 224 || first > 239) && v4 !== 0xffffffff && Math.floor(v4 / 65536) !== 0xa9fe;
+  // Multicast, reserved and broadcast (224.0.0.0 and up) and link-local
+  // (169.254.0.0/16, the cloud metadata address among them) are no remote client either.
+  return first !== 0 && first < 224 && Math.floor(v4 / 65536) !== 0xa9fe;
 }
 
 /**
@@ -309,6 +310,8 @@ function usableV4(v4: number): boolean {
  */
 function usableV6(): boolean {
   if (group(0) >= 0xff00 || (group(0) & 0xffc0) === 0xfe80) return false;
+  // Discard-only (100::/64).
+  if (group(0) === 0x100 && group(1) === 0 && group(2) === 0 && group(3) === 0) return false;
   for (let i = 0; i < 8; i++) if (group(i) !== 0) return true;
   return false;
 }

@@ -39,13 +39,14 @@ function expected(s: string): { family: 4 | 6; value: bigint } | null {
 
 function usable4(v: bigint): boolean {
   const first = v >> 24n;
-  // Not this network, multicast, broadcast or link-local (169.254.0.0/16).
-  return first !== 0n && !(first >= 224n && first <= 239n) && v !== 0xffffffffn && v >> 16n !== 0xa9fen;
+  // Not this network, multicast, reserved, broadcast or link-local (169.254.0.0/16).
+  return first !== 0n && first < 224n && v >> 16n !== 0xa9fen;
 }
 
 function usable6(v: bigint): boolean {
   const top = v >> 112n;
-  return v !== 0n && top < 0xff00n && (top & 0xffc0n) !== 0xfe80n;
+  // Not unspecified, multicast, link-local or discard-only (100::/64).
+  return v !== 0n && top < 0xff00n && (top & 0xffc0n) !== 0xfe80n && v >> 64n !== 0x0100_0000_0000_0000n;
 }
 
 const CANONICAL = /^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f:]{2,39})$/;

@@ -76,7 +76,11 @@ const corpus: [row: string, input: string, expected: string | null][] = [
   ['21', '::ffff:255.255.255.255', null],
   ['21', '1.0.0.0', '1.0.0.0'],
   ['21', '223.255.255.255', '223.255.255.255'],
-  ['21', '255.255.255.254', '255.255.255.254'],
+  ['21', '255.255.255.254', null],
+  ['21', '240.0.0.1', null],
+  ['21', '223.255.255.254', '223.255.255.254'],
+  ['21', '169.254.169.254', null],
+  ['21', '100::1', null],
   ['21', 'feff::1', 'feff::1'],
   ['22', '127.0.0.1', '127.0.0.1'],
   ['22', '::1', '::1'],
@@ -180,7 +184,7 @@ describe('parseAddress', () => {
   test('dotted IPv4 round-trips for every 32-bit value', () => {
     fc.assert(fc.property(fc.integer({ min: 0, max: 0xffffffff }), (v) => {
       const dotted = [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join('.');
-      const rejected = v >>> 24 === 0 || (v >>> 28) === 0xe || v === 0xffffffff;
+      const rejected = v >>> 24 === 0 || v >>> 24 >= 224 || v >>> 16 === 0xa9fe;
       const n = parseAddress(dotted);
       const mapped = parseAddress(`::ffff:${dotted}`);
       if (rejected) {
@@ -338,7 +342,7 @@ describe('parseNetwork', () => {
 
 describe('ipv4', () => {
   test('gives back the address a 32-bit value was taken from', () => {
-    for (const text of ['1.2.3.4', '203.0.113.7', '255.255.255.254', '100.64.0.1']) {
+    for (const text of ['1.2.3.4', '203.0.113.7', '223.255.255.254', '100.64.0.1']) {
       const n = address(text);
       assert.deepEqual(ipv4(Number(n.value)), n);
       // The limiter keeps IPv4 clients as signed 32-bit integers.
