@@ -29,6 +29,7 @@ if (files.length === 0) {
 const build = spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
 const args = ['--import', 'tsx', '--enable-source-maps', '--test', '--test-reporter=spec',
-  '--test-concurrency=1', ...files.map((f) => relative(root, f))];
+  // A test that hangs fails after ten minutes instead of holding the whole run.
+  '--test-concurrency=1', '--test-timeout=600000', ...files.map((f) => relative(root, f))];
 const run = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
 process.exit(run.status ?? 1);
