@@ -21,9 +21,10 @@ import { memory } from './scenarios/memory.js';
 import { redis } from './scenarios/redis.js';
 import { replay } from './scenarios/replay.js';
 import { restart } from './scenarios/restart.js';
+import { scale } from './scenarios/scale.js';
 import { webCost } from './scenarios/web-cost.js';
 
-const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, replay, restart, memory, redis];
+const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, scale, replay, restart, memory, redis];
 
 const USAGE = `usage: npm run bench -- [SCENARIO…] [options]
 

@@ -1,6 +1,7 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { clientOf, neverAClient, parseNetwork, type Network } from './address.js';
+import { clientOf, contains, neverAClient, parseNetwork, type Network } from './address.js';
 import type { Config } from './config/schema.js';
 import { steadyClock } from './clock.js';
 import type { ControlApi } from './control/api.js';
@@ -51,6 +52,8 @@ export class Daemon implements ControlApi {
   /** Block times run on a clock that an NTP step does not move, as kernel timeouts do not. */
   private readonly clock = steadyClock();
   private readonly timers: NodeJS.Timeout[] = [];
+  /** `ip monitor address`, which tells at once when this host gains an address (allowSelf). */
+  private addressMonitor: ChildProcess | null = null;
   private stopping: Promise<void> | null = null;
   private started = false;
   private repairing: Promise<void> | null = null;
@@ -80,7 +83,7 @@ export class Daemon implements ControlApi {
   /** Starts everything; resolves when the daemon is protecting. Throws a RatedError on failure. */
   async start(): Promise<void> {
     const c = this.config;
-    this.backend = await selectBackend(c.firewall, createRunner(), this.options.dryRun);
+    this.backend = await selectBackend(c.firewall, createRunner(), this.options.dryRun, c.ipv6Prefix);
     // Refuse before touching the firewall: a second daemon must leave the first one's blocks alone.
     const configuredSocket = this.options.socket ?? c.control.socket;
     if (await isAlive(configuredSocket)) {
@@ -95,7 +98,11 @@ export class Daemon implements ControlApi {
     await this.backend.ensure();
     this.blocker = new Blocker({
       backend: this.backend,
-      isAllowed: (net) => this.allow.has(net),
+      // Every block, whatever its source, first reads this host's addresses again (at most once a second).
+      isAllowed: (net) => {
+        this.allow.refreshSelf(1000);
+        return this.allow.has(net);
+      },
       log: this.log,
       metrics: this.stats,
       onLift: (net) => this.limiter.forget(net),
@@ -114,6 +121,8 @@ export class Daemon implements ControlApi {
       isBlocked: (client) => this.blocker.has(client),
       onCount: c.redis ? (client, rule, at) => this.redis?.count(client, rule, at) : undefined,
       onVerdict: (v) => {
+        // A new address of this host (a VIP, a failover address) is never blocked: read them again, at most once a second.
+        this.liftOwn(this.allow.refreshSelf(1000));
         try {
           const outcome = this.blocker.block({
             net: v.client, durationMs: v.blockMs, source: 'rule', rule: v.rule,
@@ -182,6 +191,7 @@ export class Daemon implements ControlApi {
       await this.files.start();
     }
     this.blocker.start();
+    if (c.allowSelf) this.followAddresses();
     // One repair at a time: while nft hangs, the loops must not pile up processes.
     this.every(c.firewall.checkInterval, () => this.repairNow().then(() => this.refreshDrops()));
     this.every(1000, () => {
@@ -205,6 +215,7 @@ export class Daemon implements ControlApi {
       journal: restored,
       adopted: reconciled.adopted,
       restored: reconciled.added,
+      ...(this.backend.moved ? { movedFromOlderLayout: this.backend.moved } : {}),
       reconcileMs,
     }, `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
@@ -214,6 +225,7 @@ export class Daemon implements ControlApi {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      this.addressMonitor?.kill();
       await Promise.allSettled([this.http?.close(), this.udp?.close(), this.files?.close()]);
       if (this.blocker) {
         // A daemon that never started protecting has nothing of its own to flush.
@@ -397,6 +409,7 @@ export class Daemon implements ControlApi {
 
   async block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }> {
     const net = parseBlockTarget(input.ip);
+    this.allow.refreshSelf(1000);
     if (this.allow.has(net)) {
       throw new RatedError('REFUSED', `${net.text} is allow-listed (allow, allowSelf) and is never blocked`);
     }
@@ -442,10 +455,38 @@ export class Daemon implements ControlApi {
   /** Checks our firewall state now and repairs it (SIGHUP); one check at a time, none before start or while stopping. */
   repairNow(): Promise<void> {
     if (!this.started || this.stopping) return Promise.resolve();
+    this.liftOwn(this.allow.refreshSelf());
     this.repairing ??= this.blocker.repair().finally(() => {
       this.repairing = null;
     });
     return this.repairing;
+  }
+
+  /**
+   * Reads this host's addresses again whenever the kernel reports a change
+   * (`ip monitor address`), so a new VIP is allowed before anyone can be
+   * blocked for it. Without `ip`, the periodic check and SIGHUP still do.
+   */
+  private followAddresses(): void {
+    const child = spawn('ip', ['-o', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    this.addressMonitor = child;
+    child.on('error', (err) => this.log.debug({ err: describe(err) }, 'cannot follow address changes; checking them at every firewall check'));
+    child.stdout.on('data', () => this.liftOwn(this.allow.refreshSelf()));
+    // Neither the process nor its pipe keeps the daemon from exiting.
+    child.unref();
+    (child.stdout as unknown as { unref?: () => void }).unref?.();
+  }
+
+  /** Lifts every block that holds one of these addresses of this host, just found on an interface. */
+  private liftOwn(added: readonly Network[]): void {
+    if (added.length === 0) return;
+    this.log.info({ addresses: added.map((n) => n.text) }, "new addresses of this host; they are never blocked (allowSelf)");
+    for (const b of this.blocker.list()) {
+      if (!added.some((a) => contains(b.net, a))) continue;
+      this.log.warn({ ip: b.net.text }, "lifting a block that holds one of this host's own addresses");
+      this.blocker.unblock(b.net);
+      this.redis?.unblocked(b.net);
+    }
   }
 
   async metrics(): Promise<string> {

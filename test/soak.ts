@@ -52,7 +52,9 @@ export interface SoakResult {
 // Runs inside the namespace: keep-alive connections to the receiver, a
 // pipelined batch every 100 ms, one JSON progress line a second. Offenders
 // come back again and again (blocked, lifted, escalated); everyone else is
-// new each time, in IPv4 and in random IPv6 /64s.
+// new each time, in IPv4 and in random IPv6 /64s. A hostile value goes on a
+// connection of its own each time, as an attacker's would: a refusal closes
+// its connection.
 const TRAFFIC = `
 const net = require('node:net');
 const port = Number(process.argv[1]);
@@ -68,9 +70,17 @@ function batch() {
   for (let k = 0; k < 5; k++) { const p = v6Offenders[pick(v6Offenders.length)]; for (let h = 0; h < 5; h++) ips.push(p + hex() + ':' + hex()); }
   for (let k = 0; k < 50; k++) ips.push('100.' + (64 + pick(64)) + '.' + pick(256) + '.' + (1 + pick(254)));
   for (let k = 0; k < 30; k++) ips.push('2001:db8:' + hex() + ':' + hex() + '::' + hex());
-  ips.push(hostile[pick(hostile.length)]);
   ips.push('127.0.0.1');
   return ips;
+}
+function hostileOne() {
+  const s = net.connect(port, '127.0.0.1');
+  sent++;
+  let text = '';
+  s.on('connect', () => s.write('GET / HTTP/1.1\\r\\nHost: rated\\r\\nX-IP: ' + hostile[pick(hostile.length)] + '\\r\\n\\r\\n'));
+  s.on('data', (d) => { text += d.toString('latin1'); });
+  s.on('error', () => undefined);
+  s.on('close', () => { if (text.startsWith('HTTP/1.1 ')) { answered++; if (text.startsWith('HTTP/1.1 400')) rejected++; } });
 }
 function connection() {
   const s = net.connect(port, '127.0.0.1');
@@ -83,6 +93,7 @@ function connection() {
     waiting = ips.length;
     sent += ips.length;
     s.write(ips.map((ip) => 'GET / HTTP/1.1\\r\\nHost: rated\\r\\nX-IP: ' + ip + '\\r\\n\\r\\n').join(''));
+    hostileOne();
     setTimeout(tick, 100);
   };
   s.on('data', (d) => {

@@ -12,7 +12,7 @@ import { startBenchNginx, type BenchNginx } from '../lib/nginx.js';
 import { runWrk, type WrkResult } from '../lib/wrk.js';
 
 const NAME = 'block-scaling';
-const TABLE = { table: 'rated', hook: 'input', priority: -10 } as const;
+const TABLE = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 } as const;
 
 interface Server {
   readonly key: 'none' | 'nft' | 'iptables';

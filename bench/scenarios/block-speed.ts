@@ -20,7 +20,7 @@ const NAME = 'block-speed';
 const PORT = 9101;
 /** `limit: 1` blocks a client at its second notification; the window outlasts any storm, however slowly it is taken in. */
 const STORM_RULE = { name: 'storm', limit: 1, window: '10m', block: '10m' };
-const TABLE = { table: 'rated', hook: 'input', priority: -10 } as const;
+const TABLE = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 } as const;
 
 export const blockSpeed: Scenario = {
   name: NAME,

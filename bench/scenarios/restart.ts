@@ -72,7 +72,7 @@ export const restart: Scenario = {
  * in both places.
  */
 async function prepare(ctx: BenchContext, ns: Namespace, dir: string, n: number): Promise<void> {
-  const backend = new NftablesBackend(benchRunner(ns), { table: 'rated', hook: 'input', priority: -10 });
+  const backend = new NftablesBackend(benchRunner(ns), { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 });
   await backend.ensure();
   for (let k = 0; k < n; k++) backend.add(parseNetwork(benchAddress(k)) as Network, 6 * 3_600_000, false);
   const result = await backend.commit();

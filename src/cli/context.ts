@@ -62,7 +62,7 @@ export async function daemonOrKernel<T>(
     if (!(err instanceof DaemonDown)) throw err;
   }
   const { config } = configOf(args);
-  const backend = await selectBackend(config.firewall, createRunner(), false);
+  const backend = await selectBackend(config.firewall, createRunner(), false, config.ipv6Prefix);
   return withoutDaemon(backend);
 }
 

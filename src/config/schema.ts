@@ -112,6 +112,7 @@ export const configSchema = z.strictObject({
     priority: z.number().int().min(-400).max(400).default(-10),
     flushOnExit: z.boolean().default(false),
     checkInterval: positiveDuration.default(30_000),
+    maxBlocks: z.number().int().min(1).max(16_777_216).default(1_048_576),
   }).prefault({}),
   control: z.strictObject({
     socket: z.string().min(1).default('/run/rated/rated.sock'),

@@ -7,6 +7,8 @@ export interface KernelEntry {
   readonly net: Network;
   /** Wall-clock time the kernel lifts it, or null when it has no timeout. */
   readonly expiresAt: number | null;
+  /** What it dropped, when the set counts per element. */
+  readonly dropped?: { readonly packets: number; readonly bytes: number } | null;
 }
 
 /** What a commit did: how many queued changes reached the kernel and which were refused. */
@@ -36,8 +38,10 @@ export interface Backend {
   readonly maxTimeoutMs?: number;
   /** Throws a RatedError (FIREWALL_UNUSABLE) saying why this backend cannot work here. */
   probe(): Promise<void>;
-  /** Creates our table, sets and chain when missing; idempotent. */
+  /** Creates our table, sets and chain when missing, moving an older layout; idempotent. */
   ensure(): Promise<void>;
+  /** How many elements the last `ensure` moved from an older layout of ours, if it moved one. */
+  readonly moved?: number | null;
   /** Reports whether our structure is still in place. */
   check(): Promise<StructureCheck>;
   /** Queues a block for `timeoutMs`; `replace` when the element may already be present (its timeout is then renewed). */

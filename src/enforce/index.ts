@@ -12,12 +12,14 @@ export { Blocker, viewBlock, type Block, type BlockView, type BlockRequest, type
 export { createRunner, type Runner } from './run-command.js';
 
 /** Builds one backend of the given kind. */
-export function makeBackend(kind: BackendKind, firewall: Config['firewall'], run: Runner): Backend {
+export function makeBackend(kind: BackendKind, firewall: Config['firewall'], run: Runner, ipv6Prefix = 64): Backend {
   switch (kind) {
     case 'nftables':
-      return new NftablesBackend(run, { table: firewall.table, hook: firewall.hook, priority: firewall.priority });
+      return new NftablesBackend(run, {
+        table: firewall.table, hook: firewall.hook, priority: firewall.priority, ipv6Prefix, maxBlocks: firewall.maxBlocks,
+      });
     case 'ipset':
-      return new IpsetBackend(run, { table: firewall.table, hook: firewall.hook });
+      return new IpsetBackend(run, { table: firewall.table, hook: firewall.hook, maxElements: firewall.maxBlocks });
     case 'iptables':
       return new IptablesBackend(run, { table: firewall.table, hook: firewall.hook });
     case 'dry-run':
@@ -32,13 +34,13 @@ export const AUTO_ORDER: readonly BackendKind[] = ['nftables', 'ipset', 'iptable
  * Picks the configured backend, or with `auto` the first usable one, and
  * checks that it works here. Throws FIREWALL_UNUSABLE naming --dry-run.
  */
-export async function selectBackend(firewall: Config['firewall'], run: Runner, dryRun: boolean): Promise<Backend> {
+export async function selectBackend(firewall: Config['firewall'], run: Runner, dryRun: boolean, ipv6Prefix = 64): Promise<Backend> {
   if (dryRun || firewall.backend === 'dry-run') return new DryRunBackend();
   const candidates: BackendKind[] = firewall.backend === 'auto' ? [...AUTO_ORDER] : [firewall.backend];
   const reasons: string[] = [];
   for (const kind of candidates) {
     try {
-      const backend = makeBackend(kind, firewall, run);
+      const backend = makeBackend(kind, firewall, run, ipv6Prefix);
       await backend.probe();
       return backend;
     } catch (err) {

@@ -11,12 +11,45 @@ export interface NftOptions {
   readonly table: string;
   readonly hook: 'input' | 'forward' | 'prerouting';
   readonly priority: number;
+  /** IPv6 clients are blocked as networks of this length, held in set v6 by their network address. */
+  readonly ipv6Prefix: number;
+  /** Size of each set (`firewall.maxBlocks`). */
+  readonly maxBlocks: number;
 }
 
 export const CHAIN = 'block';
 /** How nft reports a delete of an absent element (userspace check for interval sets, ENOENT from the kernel). */
 const ABSENT = /element does not exist|No such file or directory/;
-const SETS = { 4: 'v4', 6: 'v6' } as const;
+
+/**
+ * Our sets (SPEC §5). Almost every block is a single IPv4 address or an IPv6
+ * client network of `ipv6Prefix`, and those live in hash sets, whose element
+ * commands cost the same at 1,000,000 elements as at none. Only other
+ * networks go to the interval sets, which nft 1.0.6 reads whole before any
+ * element command on any set: they must stay small.
+ */
+export const SETS = ['v4', 'v6', 'v4net', 'v6net'] as const;
+export type SetName = (typeof SETS)[number];
+const INTERVAL: ReadonlySet<SetName> = new Set(['v4net', 'v6net']);
+
+/** The set that holds a block of `net`. */
+export function setOf(o: Pick<NftOptions, 'ipv6Prefix'>, net: Network): SetName {
+  if (net.family === 4) return net.prefix === 32 ? 'v4' : 'v4net';
+  return net.prefix === o.ipv6Prefix ? 'v6' : 'v6net';
+}
+
+/** The mask of an IPv6 prefix length in nft's notation: 64 → `ffff:ffff:ffff:ffff::`. */
+export function ipv6Mask(prefix: number): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const bits = Math.max(0, Math.min(16, prefix - 16 * i));
+    groups.push(((0xffff << (16 - bits)) & 0xffff).toString(16));
+  }
+  // Compress the trailing zero groups, as nft writes it.
+  const last = groups.findLastIndex((g) => g !== '0');
+  if (last === 7) return groups.join(':');
+  return `${groups.slice(0, last + 1).join(':')}::`;
+}
 
 type Json = Record<string, unknown>;
 
@@ -31,39 +64,69 @@ const LIST_STRUCTURE = ['-j', '-t', 'list', 'ruleset', 'inet'];
 // input cannot be turned into extra commands by a crafted string, and every
 // address in it was produced by the validator.
 
-function elementValue(net: Network): unknown {
-  const full = net.family === 4 ? 32 : 128;
-  if (net.prefix === full) return net.text;
+/** An element's value: an address (a v6 client network by its first address), or a prefix in an interval set. */
+function elementValue(set: SetName, net: Network): unknown {
   const slash = net.text.indexOf('/');
+  if (slash < 0) return net.text;
+  if (!INTERVAL.has(set)) return net.text.slice(0, slash);
   return { prefix: { addr: net.text.slice(0, slash), len: net.prefix } };
 }
 
-function element(o: NftOptions, family: 4 | 6, elem: unknown[]): Json {
-  return { element: { family: 'inet', table: o.table, name: SETS[family], elem } };
+function element(o: NftOptions, set: SetName, elem: unknown[]): Json {
+  return { element: { family: 'inet', table: o.table, name: set, elem } };
 }
 
-/** Renders our table, sets, chain and rules; applying it twice changes nothing. */
-export function renderStructure(o: NftOptions, recreateChain: boolean): Json {
+/** A kernel element with its remaining time, for the move from the older layout. */
+export interface Carried {
+  readonly net: Network;
+  readonly timeoutMs: number;
+}
+
+/**
+ * Renders our table, sets, chain and rules; applying it twice changes
+ * nothing. `carry` moves an older layout (interval sets v4 and v6 holding
+ * everything) to this one in the same transaction: the old sets go, the new
+ * ones come with every element and its remaining time, and the rules are
+ * replaced, so no packet from a blocked address passes at any moment.
+ */
+export function renderStructure(o: NftOptions, recreateChain: boolean, carry: readonly Carried[] | null = null): Json {
   const table = { family: 'inet', table: o.table };
   const chain = { ...table, name: CHAIN };
-  const rule = (protocol: 'ip' | 'ip6', set: string): Json => ({
+  const source = (protocol: 'ip' | 'ip6', set: SetName): unknown => {
+    const saddr = { payload: { protocol, field: 'saddr' } };
+    return set === 'v6' ? { '&': [saddr, ipv6Mask(o.ipv6Prefix)] } : saddr;
+  };
+  const rule = (protocol: 'ip' | 'ip6', set: SetName): Json => ({
     add: { rule: { ...table, chain: CHAIN, expr: [
-      { match: { op: '==', left: { payload: { protocol, field: 'saddr' } }, right: `@${set}` } },
+      { match: { op: '==', left: source(protocol, set), right: `@${set}` } },
       { counter: null },
       { drop: null },
     ] } },
   });
-  const commands: Json[] = [
-    { add: { table: { family: 'inet', name: o.table } } },
-    { add: { set: { ...table, name: SETS[4], type: 'ipv4_addr', flags: ['interval', 'timeout'] } } },
-    { add: { set: { ...table, name: SETS[6], type: 'ipv6_addr', flags: ['interval', 'timeout'] } } },
-  ];
+  const set = (name: SetName): Json => ({
+    add: { set: {
+      ...table, name, type: name.startsWith('v4') ? 'ipv4_addr' : 'ipv6_addr',
+      flags: INTERVAL.has(name) ? ['interval', 'timeout'] : ['timeout'], size: o.maxBlocks, stmt: [{ counter: null }],
+    } },
+  });
+  const commands: Json[] = [{ add: { table: { family: 'inet', name: o.table } } }];
+  if (carry !== null) {
+    // The chain's rules name the old sets: the chain goes first (made first
+    // where it is missing, so the delete cannot fail), then the sets; both
+    // come back below, within the same transaction.
+    commands.push({ add: { chain } }, { flush: { chain } }, { delete: { chain } });
+    for (const name of ['v4', 'v6'] as const) commands.push({ delete: { set: { ...table, name } } });
+  }
+  commands.push(...SETS.map(set));
+  if (carry !== null && carry.length > 0) commands.push(...renderOps(o, carry.map((c) => ({ kind: 'add', net: c.net, timeoutMs: c.timeoutMs, replace: false }))).nftables);
   if (recreateChain) commands.push({ add: { chain } }, { flush: { chain } }, { delete: { chain } });
   commands.push(
     { add: { chain: { ...chain, type: 'filter', hook: o.hook, prio: o.priority, policy: 'accept' } } },
     { flush: { chain } },
-    rule('ip', SETS[4]),
-    rule('ip6', SETS[6]),
+    rule('ip', 'v4'),
+    rule('ip', 'v4net'),
+    rule('ip6', 'v6'),
+    rule('ip6', 'v6net'),
   );
   return { nftables: commands };
 }
@@ -77,48 +140,63 @@ export function renderStructure(o: NftOptions, recreateChain: boolean): Json {
  * fail ("interval overlaps"). A delete or renewal of an element that is
  * already gone is handled in `commit` instead.
  */
-export function renderOps(o: NftOptions, ops: readonly Op[]): Json {
+export function renderOps(o: NftOptions, ops: readonly Op[]): { nftables: Json[] } {
   // One delete and one add command per set, deletes first: an add may
   // overlap an element deleted in the same batch (a /24 lifted, an address
   // inside it blocked), and nft parses one command of 100,000 elements in
   // half the time of 100,000 commands.
-  const deletes: Record<4 | 6, unknown[]> = { 4: [], 6: [] };
-  const adds: Record<4 | 6, unknown[]> = { 4: [], 6: [] };
+  const deletes = new Map<SetName, unknown[]>();
+  const adds = new Map<SetName, unknown[]>();
+  const into = (m: Map<SetName, unknown[]>, set: SetName, value: unknown): void => {
+    const list = m.get(set);
+    if (list) list.push(value);
+    else m.set(set, [value]);
+  };
   for (const op of ops) {
-    const value = elementValue(op.net);
-    if (op.kind === 'delete' || op.replace) deletes[op.net.family].push(value);
-    if (op.kind === 'add') adds[op.net.family].push({ elem: { val: value, timeout: timeoutSeconds(op.timeoutMs) } });
+    const set = setOf(o, op.net);
+    const value = elementValue(set, op.net);
+    if (op.kind === 'delete' || op.replace) into(deletes, set, value);
+    if (op.kind === 'add') into(adds, set, { elem: { val: value, timeout: timeoutSeconds(op.timeoutMs) } });
   }
   const commands: Json[] = [];
-  for (const family of [4, 6] as const) {
-    if (deletes[family].length > 0) commands.push({ delete: element(o, family, deletes[family]) });
+  for (const set of SETS) {
+    const list = deletes.get(set);
+    if (list) commands.push({ delete: element(o, set, list) });
   }
-  for (const family of [4, 6] as const) {
-    if (adds[family].length > 0) commands.push({ add: element(o, family, adds[family]) });
+  for (const set of SETS) {
+    const list = adds.get(set);
+    if (list) commands.push({ add: element(o, set, list) });
   }
   return { nftables: commands };
 }
 
-/** Reads the elements of one set out of `nft -j list set` output. */
-export function parseSetListing(json: string, now: number): KernelEntry[] {
+/**
+ * Reads the elements of one set out of `nft -j list set` output. Elements of
+ * v6 are client networks written by their first address; `ipv6Prefix` gives
+ * them back their length.
+ */
+export function parseSetListing(json: string, now: number, ipv6Prefix: number | null = null): KernelEntry[] {
   const doc = JSON.parse(json) as { nftables?: Json[] };
   const out: KernelEntry[] = [];
   for (const item of doc.nftables ?? []) {
-    const set = item.set as { elem?: unknown[] } | undefined;
+    const set = item.set as { name?: string; elem?: unknown[] } | undefined;
+    const length = set?.name === 'v6' ? ipv6Prefix : null;
     for (const raw of set?.elem ?? []) {
       const e = (raw as Json).elem as Json | undefined;
       const val = e ? e.val : raw;
-      const net = parseElementValue(val);
+      const net = parseElementValue(val, length);
       if (!net) continue;
       const expires = typeof e?.expires === 'number' ? e.expires : null;
-      out.push({ net, expiresAt: expires === null ? null : now + expires * 1000 });
+      const counter = e?.counter as { packets?: unknown; bytes?: unknown } | undefined;
+      const dropped = typeof counter?.packets === 'number' && typeof counter.bytes === 'number' ? { packets: counter.packets, bytes: counter.bytes } : null;
+      out.push({ net, expiresAt: expires === null ? null : now + expires * 1000, dropped });
     }
   }
   return out;
 }
 
-function parseElementValue(val: unknown): Network | null {
-  if (typeof val === 'string') return parseNetwork(val);
+function parseElementValue(val: unknown, length: number | null): Network | null {
+  if (typeof val === 'string') return parseNetwork(length === null ? val : `${val}/${length}`);
   const prefix = (val as { prefix?: { addr?: unknown; len?: unknown } } | null)?.prefix;
   if (prefix && typeof prefix.addr === 'string' && typeof prefix.len === 'number') {
     return parseNetwork(`${prefix.addr}/${prefix.len}`);
@@ -151,8 +229,24 @@ export class NftablesBackend implements Backend {
   async ensure(): Promise<void> {
     const current = await this.readTable();
     const recreate = current !== null && !this.chainMatches(current);
+    if (current !== null && olderLayout(current)) {
+      // Every element of the older interval sets moves with its remaining time.
+      const now = Date.now();
+      const carry: Carried[] = [];
+      for (const set of ['v4', 'v6'] as const) {
+        for (const e of await this.listSet(set, false)) {
+          if (e.expiresAt !== null && e.expiresAt > now) carry.push({ net: e.net, timeoutMs: e.expiresAt - now });
+        }
+      }
+      await this.nft(renderStructure(this.options, recreate, carry), 'moving our sets to the hash-set layout');
+      this.moved = carry.length;
+      return;
+    }
     await this.nft(renderStructure(this.options, recreate), 'creating our table');
   }
+
+  /** Elements moved from the older layout by the last `ensure`, for the start-up log. */
+  moved: number | null = null;
 
   async check(): Promise<StructureCheck> {
     const current = await this.readTable();
@@ -191,16 +285,19 @@ export class NftablesBackend implements Backend {
 
   async list(): Promise<KernelEntry[]> {
     const out: KernelEntry[] = [];
-    for (const set of Object.values(SETS)) {
-      const now = Date.now();
-      const result = await this.run('nft', ['-j', 'list', 'set', 'inet', this.options.table, set]);
-      if (result.exitCode !== 0) {
-        if (/No such file or directory/.test(result.stderr)) continue;
-        throw new RatedError('FIREWALL_FAILED', `nftables: cannot list set ${set}: ${firstLine(result.stderr)}`);
-      }
-      out.push(...parseSetListing(result.stdout, now));
-    }
+    for (const set of SETS) out.push(...await this.listSet(set));
     return out;
+  }
+
+  /** Reads one set; `hashV6` false reads an older interval set v6, whose elements carry their own length. */
+  private async listSet(set: string, hashV6 = true): Promise<KernelEntry[]> {
+    const now = Date.now();
+    const result = await this.run('nft', ['-j', 'list', 'set', 'inet', this.options.table, set]);
+    if (result.exitCode !== 0) {
+      if (/No such file or directory/.test(result.stderr)) return [];
+      throw new RatedError('FIREWALL_FAILED', `nftables: cannot list set ${set}: ${firstLine(result.stderr)}`);
+    }
+    return parseSetListing(result.stdout, now, hashV6 ? this.options.ipv6Prefix : null);
   }
 
   /**
@@ -211,7 +308,7 @@ export class NftablesBackend implements Backend {
   async flush(): Promise<number | null> {
     if (await this.readTable() === null) return 0;
     const table = { family: 'inet', table: this.options.table };
-    await this.nft({ nftables: Object.values(SETS).map((name) => ({ flush: { set: { ...table, name } } })) }, 'flushing our sets');
+    await this.nft({ nftables: SETS.map((name) => ({ flush: { set: { ...table, name } } })) }, 'flushing our sets');
     return null;
   }
 
@@ -245,9 +342,17 @@ export class NftablesBackend implements Backend {
     const sets = new Set(items.map((i) => (i.set as Json | undefined)?.name).filter(Boolean));
     const chain = items.map((i) => i.chain as Json | undefined).find((c) => c?.name === CHAIN);
     const rules = items.filter((i) => (i.rule as Json | undefined)?.chain === CHAIN).length;
-    return sets.has(SETS[4]) && sets.has(SETS[6]) && chain !== undefined
-      && chain.hook === this.options.hook && chain.prio === this.options.priority && rules === 2;
+    return SETS.every((s) => sets.has(s)) && !olderLayout(items) && chain !== undefined
+      && chain.hook === this.options.hook && chain.prio === this.options.priority && rules === SETS.length;
   }
+}
+
+/** True when sets v4 or v6 are interval sets: the layout before hash sets. */
+function olderLayout(items: Json[]): boolean {
+  return items.some((i) => {
+    const set = i.set as { name?: string; flags?: unknown } | undefined;
+    return (set?.name === 'v4' || set?.name === 'v6') && Array.isArray(set.flags) && set.flags.includes('interval');
+  });
 }
 
 function countDrops(items: Json[]): number {

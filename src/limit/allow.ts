@@ -1,4 +1,5 @@
 import { networkInterfaces } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import { parseAddress, parseNetwork, type Network } from '../address.js';
 import { configError } from '../errors.js';
 
@@ -7,21 +8,31 @@ interface Range<T> {
   readonly last: T;
 }
 
-/** Addresses and networks that are never counted and never blocked. */
+/**
+ * Addresses and networks that are never counted and never blocked: the
+ * configured entries, and with `allowSelf` this host's own addresses, which
+ * change at runtime (a new VIP, a failover address) and are read again by
+ * `refreshSelf`.
+ */
 export class AllowList {
-  /** The entries, in canonical form, without duplicates. */
+  /** The configured entries, in canonical form, without duplicates. */
   readonly entries: readonly Network[];
   // Kept as first/last address so a lookup is a few comparisons per entry,
   // with IPv4 on plain numbers rather than BigInt.
   private readonly v4: readonly Range<number>[];
   private readonly v6: readonly Range<bigint>[];
+  private self4: readonly Range<number>[] = [];
+  private self6: readonly Range<bigint>[] = [];
+  private selfTexts = new Set<string>();
+  private selfReadAt = -Infinity;
 
-  constructor(entries: readonly Network[]) {
+  constructor(entries: readonly Network[], private readonly readSelf: (() => Network[]) | null = null) {
     const seen = new Map<string, Network>();
     for (const n of entries) seen.set(n.text, n);
     this.entries = Object.freeze([...seen.values()]);
     this.v4 = this.entries.filter((n) => n.family === 4).map(rangeV4);
     this.v6 = this.entries.filter((n) => n.family === 6).map(rangeV6);
+    this.refreshSelf();
   }
 
   /** Builds the list from `allow` entries, plus this host's own addresses when `allowSelf`; throws a CONFIG error naming a bad entry. */
@@ -32,8 +43,29 @@ export class AllowList {
       if (n === null) throw configError(`allow[${i}]`, `expected an IP address or CIDR network, got ${JSON.stringify(entry)}`);
       nets.push(n);
     });
-    if (allowSelf) nets.push(...ownAddresses());
-    return new AllowList(nets);
+    return new AllowList(nets, allowSelf ? ownAddresses : null);
+  }
+
+  /** This host's own addresses as last read. */
+  get own(): readonly string[] {
+    return [...this.selfTexts];
+  }
+
+  /**
+   * Reads this host's addresses again (with `allowSelf`); returns the ones
+   * that were not known before. `maxAgeMs` skips the read when the last one
+   * is that recent: a block may call it for every decision.
+   */
+  refreshSelf(maxAgeMs = 0, now = performance.now()): Network[] {
+    if (this.readSelf === null || now - this.selfReadAt < maxAgeMs) return [];
+    this.selfReadAt = now;
+    const own = this.readSelf();
+    const added = own.filter((n) => !this.selfTexts.has(n.text));
+    if (added.length === 0 && own.length === this.selfTexts.size) return [];
+    this.selfTexts = new Set(own.map((n) => n.text));
+    this.self4 = own.filter((n) => n.family === 4).map(rangeV4);
+    this.self6 = own.filter((n) => n.family === 6).map(rangeV6);
+    return added;
   }
 
   /** True when `n` (an address or a network) shares any address with an entry, so blocking it could hit an allowed client. */
@@ -45,10 +77,12 @@ export class AllowList {
       const first = value - (value % size);
       const last = first + size - 1;
       for (const r of this.v4) if (r.first <= last && first <= r.last) return true;
+      for (const r of this.self4) if (r.first <= last && first <= r.last) return true;
       return false;
     }
     const { first, last } = rangeV6(n);
     for (const r of this.v6) if (r.first <= last && first <= r.last) return true;
+    for (const r of this.self6) if (r.first <= last && first <= r.last) return true;
     return false;
   }
 }

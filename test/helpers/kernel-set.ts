@@ -33,10 +33,30 @@ export function setEntries(listing: string): Array<{ val: string; timeout: numbe
   return out;
 }
 
-/** Both of rated's sets in `table`, read from the kernel. */
+/** One element of rated's sets as a block: `addr`, `addr/len`, IPv6 clients of hash set v6 as `net/ipv6Prefix`. */
+export interface KernelElement {
+  readonly set: 'v4' | 'v6' | 'v4net' | 'v6net';
+  readonly text: string;
+  readonly timeout: number | null;
+  readonly expires: number | null;
+}
+
+/** Every element of rated's four sets in `table` (SPEC §5), read from the kernel; a missing set holds nothing. */
+export async function kernelElements(ns: Namespace, table = 'rated', ipv6Prefix = 64): Promise<KernelElement[]> {
+  const out: KernelElement[] = [];
+  for (const set of ['v4', 'v6', 'v4net', 'v6net'] as const) {
+    const r = await ns.exec('nft', ['-j', 'list', 'set', 'inet', table, set]);
+    if (r.exitCode !== 0) continue;
+    for (const e of setEntries(r.stdout)) out.push({ set, text: set === 'v6' ? `${e.val}/${ipv6Prefix}` : e.val, timeout: e.timeout, expires: e.expires });
+  }
+  return out;
+}
+
+/** What rated's sets in `table` block, by family, read from the kernel. */
 export async function kernelSets(ns: Namespace, table = 'rated'): Promise<{ v4: string[]; v6: string[] }> {
-  const [v4, v6] = await Promise.all(['v4', 'v6'].map(async (set) => setElements((await ns.run('nft', ['-j', 'list', 'set', 'inet', table, set])).stdout)));
-  return { v4: v4 ?? [], v6: v6 ?? [] };
+  const all = await kernelElements(ns, table);
+  const of = (family: string): string[] => all.filter((e) => e.set.startsWith(family)).map((e) => e.text).sort();
+  return { v4: of('v4'), v6: of('v6') };
 }
 
 /** Prometheus text into `name{labels}` → value. */

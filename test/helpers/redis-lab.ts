@@ -3,6 +3,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { kernelSets } from './kernel-set.js';
 import { createNamespace, type Namespace } from './netns.js';
 import { startRated, type Rated } from './rated.js';
 import { waitFor } from './wait-for.js';
@@ -194,15 +195,7 @@ export async function metricsText(socket: string): Promise<string> {
   });
 }
 
-/** Elements of our nft set v4 in a namespace, as text. */
+/** What our nft sets block for IPv4 in a namespace (sets v4 and v4net), as text. */
 export async function setElements(ns: Namespace): Promise<string[]> {
-  const r = await ns.run('nft', ['-j', 'list', 'set', 'inet', 'rated', 'v4']);
-  const doc = JSON.parse(r.stdout) as { nftables: Array<{ set?: { elem?: unknown[] } }> };
-  const elems = doc.nftables.find((i) => i.set)?.set?.elem ?? [];
-  return elems.map((e) => {
-    const v = (e as { elem?: { val: unknown } }).elem?.val ?? e;
-    if (typeof v === 'string') return v;
-    const p = (v as { prefix?: { addr: string; len: number } }).prefix;
-    return p ? `${p.addr}/${p.len}` : JSON.stringify(v);
-  });
+  return (await kernelSets(ns)).v4;
 }

@@ -62,7 +62,7 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
     return { codes: r.stdout.trim().split('\n'), exit: r.exitCode };
   }
 
-  async function setElems(family: 'v4' | 'v6'): Promise<NftElem[]> {
+  async function setElems(family: 'v4' | 'v6' | 'v4net' | 'v6net'): Promise<NftElem[]> {
     const r = await srv.run('nft', ['-j', 'list', 'set', 'inet', 'rated', family]);
     const doc = JSON.parse(r.stdout) as { nftables: Array<{ set?: { elem?: unknown[] } }> };
     const set = doc.nftables.find((i) => i.set)?.set;
@@ -236,11 +236,12 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
     assert.deepEqual(burst.codes, Array<string>(RULE.limit + 1).fill('200'));
     const elems = await waitFor(async () => {
       const e = await setElems('v6');
-      return e.some((x) => isValue(x.val, '2001:db8:1::', 64)) ? e : null;
+      // A hash-set element: the /64's network address, looked up with the source masked to /64.
+      return e.some((x) => isValue(x.val, '2001:db8:1::')) ? e : null;
     }, { timeoutMs: 5000, intervalMs: 100, what: `${NET.bad6Net} in set v6` }).catch((err: unknown) => {
       throw new Error(`${(err as Error).message}${logs()}`, { cause: err });
     });
-    const elem = elems.find((x) => isValue(x.val, '2001:db8:1::', 64));
+    const elem = elems.find((x) => isValue(x.val, '2001:db8:1::'));
     assert.equal(typeof elem?.timeout, 'number');
     const blocks = await listJson();
     const b = blocks.find((x) => x.ip === NET.bad6Net);
@@ -254,8 +255,8 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
   test('manual block and unblock of a network; allow-listed addresses are refused', async () => {
     const blocked = await cli(['block', '203.0.113.0/24', '--for', '1h']);
     assert.equal(blocked.code, 0, blocked.stderr);
-    const elem = (await setElems('v4')).find((e) => isValue(e.val, '203.0.113.0', 24));
-    assert.ok(elem, 'a prefix element in set v4');
+    const elem = (await setElems('v4net')).find((e) => isValue(e.val, '203.0.113.0', 24));
+    assert.ok(elem, 'a prefix element in the interval set v4net');
     assert.ok(typeof elem.timeout === 'number' && elem.timeout >= 3590 && elem.timeout <= 3601, `timeout ${String(elem.timeout)} is an hour`);
     const b = (await listJson()).find((x) => x.ip === '203.0.113.0/24');
     assert.ok(b, '203.0.113.0/24 in rated list --json');
@@ -264,7 +265,7 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
 
     const unblocked = await cli(['unblock', '203.0.113.0/24']);
     assert.equal(unblocked.code, 0, unblocked.stderr);
-    assert.ok(!(await setElems('v4')).some((e) => isValue(e.val, '203.0.113.0', 24)), 'the element is gone');
+    assert.ok(!(await setElems('v4net')).some((e) => isValue(e.val, '203.0.113.0', 24)), 'the element is gone');
     assert.ok(!(await listJson()).some((x) => x.ip === '203.0.113.0/24'), 'the block is gone from the list');
 
     const refused = await cli(['block', '127.0.0.1']);
@@ -282,8 +283,7 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
 
     const flushed = await cli(['flush', '--yes']);
     assert.equal(flushed.code, 0, flushed.stderr);
-    assert.deepEqual(await setElems('v4'), []);
-    assert.deepEqual(await setElems('v6'), []);
+    for (const set of ['v4', 'v6', 'v4net', 'v6net'] as const) assert.deepEqual(await setElems(set), [], `set ${set} is empty`);
     assert.deepEqual(await listJson(), []);
     assert.equal(await hostfw(), hostfwBefore, 'inet hostfw is exactly as it was');
   });

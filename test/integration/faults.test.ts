@@ -298,20 +298,13 @@ describe('faults: F4, a full set', { skip: SKIP }, () => {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'rated-full-'));
     srv = await createNamespace('rtd-full');
-    // Our table as someone left it: sets with a size limit of 4.
-    await srv.run('nft', ['-f', '-'], [
-      'table inet rated {',
-      '  set v4 { type ipv4_addr; flags interval, timeout; size 4; }',
-      '  set v6 { type ipv6_addr; flags interval, timeout; size 4; }',
-      '}',
-      '',
-    ].join('\n'));
     socket = join(dir, 'rated.sock');
     const config = join(dir, 'rated.yml');
     writeFileSync(config, [
       `receivers: { http: { address: 127.0.0.1, port: ${PORT} }, udp: null }`,
       'rules: [{ name: full, limit: 2, window: 60s, block: 10m }]',
-      'firewall: { backend: nftables, checkInterval: 2s }',
+      // Sets of four elements: full after four blocks.
+      'firewall: { backend: nftables, checkInterval: 2s, maxBlocks: 4 }',
       `control: { socket: ${socket} }`,
       `state: { dir: ${join(dir, 'state')} }`,
       '',

@@ -29,7 +29,7 @@ import { prereqsMet, requireRoot, requireTools } from '../helpers/prereq.js';
 const TOOLS = ['nft', 'ip'];
 /** Generated strings per test; they go to nft in a handful of transactions. */
 const COUNT = 4000;
-const OPTS: NftOptions = { table: 'rdiff', hook: 'input', priority: 0 };
+const OPTS: NftOptions = { table: 'rdiff', hook: 'input', priority: 0, ipv6Prefix: 64, maxBlocks: 1_048_576 };
 
 let ns: Namespace | undefined;
 
@@ -52,17 +52,19 @@ type Json = Record<string, unknown>;
 /** What nft stores, read with ip-address: `4:<value>/<len>` or `6:<value>/<len>`. */
 async function kernelValues(n: Namespace, table: string): Promise<string[]> {
   const out: string[] = [];
-  for (const set of ['v4', 'v6'] as const) {
+  for (const set of ['v4', 'v6', 'v4net', 'v6net'] as const) {
+    const v4 = set.startsWith('v4');
     const r = await n.run('nft', ['-j', 'list', 'set', 'inet', table, set]);
     const doc = JSON.parse(r.stdout) as { nftables: Array<{ set?: { elem?: unknown[] } }> };
     for (const raw of doc.nftables.find((i) => i.set)?.set?.elem ?? []) {
       const e = (raw as { elem?: { val: unknown } }).elem;
       const val = e ? e.val : raw;
+      // Hash set v6 holds IPv6 clients as their network address.
       const [addr, len] = typeof val === 'string'
-        ? [val, set === 'v4' ? 32 : 128]
+        ? [val, v4 ? 32 : set === 'v6' ? OPTS.ipv6Prefix : 128]
         : [(val as { prefix: { addr: string } }).prefix.addr, (val as { prefix: { len: number } }).prefix.len];
-      const value = set === 'v4' ? new Address4(addr).bigInt() : new Address6(addr).bigInt();
-      out.push(`${set === 'v4' ? 4 : 6}:${value}/${len}`);
+      const value = v4 ? new Address4(addr).bigInt() : new Address6(addr).bigInt();
+      out.push(`${v4 ? 4 : 6}:${value}/${len}`);
     }
   }
   return out.sort();
@@ -78,7 +80,7 @@ async function roundTrip(n: Namespace, nets: readonly Network[]): Promise<string
   assert.equal(checked.exitCode, 0, `nft -c accepts every canonical form: ${checked.stderr.split('\n').slice(0, 3).join(' | ')}`);
   await n.run('nft', ['-j', '-f', '-'], doc);
   const held = await kernelValues(n, OPTS.table);
-  await n.run('nft', ['-j', '-f', '-'], JSON.stringify({ nftables: ['v4', 'v6'].map((name) => ({ flush: { set: { family: 'inet', table: OPTS.table, name } } })) }));
+  await n.run('nft', ['-j', '-f', '-'], JSON.stringify({ nftables: ['v4', 'v6', 'v4net', 'v6net'].map((name) => ({ flush: { set: { family: 'inet', table: OPTS.table, name } } })) }));
   return held;
 }
 
@@ -196,14 +198,17 @@ test('a rejected string never reaches a firewall command: the pipeline\'s nft in
   for (const call of calls) {
     assert.equal(call.file, 'nft');
     const args = call.args.join(' ');
-    assert.ok(['-j -f -', '-j list set inet rpipe v4', '-j list set inet rpipe v6', '-j list table inet rpipe'].includes(args), `a fixed argument vector, never one built from input: ${args}`);
+    assert.ok(['-j -f -', '-j -t list ruleset inet', ...['v4', 'v6', 'v4net', 'v6net'].map((set) => `-j list set inet rpipe ${set}`)].includes(args),
+      `a fixed argument vector, never one built from input: ${args}`);
     if (call.input === undefined) continue;
     const doc = JSON.parse(call.input) as { nftables: Json[] };
     for (const cmd of doc.nftables) {
-      const element = ((cmd.add ?? cmd.delete) as Json | undefined)?.element as { elem: unknown[] } | undefined;
+      const element = ((cmd.add ?? cmd.delete) as Json | undefined)?.element as { name: string; elem: unknown[] } | undefined;
       for (const e of element?.elem ?? []) {
         const val = (e as { elem?: { val: unknown } }).elem?.val ?? e;
-        elements.add(typeof val === 'string' ? val : `${(val as { prefix: { addr: string; len: number } }).prefix.addr}/${(val as { prefix: { len: number } }).prefix.len}`);
+        // Hash set v6 holds IPv6 clients by their network's first address.
+        const text = typeof val === 'string' ? val : `${(val as { prefix: { addr: string; len: number } }).prefix.addr}/${(val as { prefix: { len: number } }).prefix.len}`;
+        elements.add(element?.name === 'v6' ? `${text}/${OPTS.ipv6Prefix}` : text);
       }
     }
   }

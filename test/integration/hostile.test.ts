@@ -361,7 +361,8 @@ describe('hostile input: the HTTP receiver, the CLI, the control API and the con
     }
     const singles = Array.from({ length: 17 * 99 }, (_, i) => kinds[(Math.floor(i / 99) + 1 + (i % 99)) % kinds.length] as Buffer);
     for (let i = 0; i < singles.length; i += 50) {
-      const batch = await Promise.all(singles.slice(i, i + 50).map((p) => exchange(fwd as Forward, p)));
+      // Waits for a second answer that never comes: the refusal closes the connection first.
+      const batch = await Promise.all(singles.slice(i, i + 50).map((p) => exchange(fwd as Forward, p, { responses: 2, waitMs: 5000 })));
       for (const r of batch) assert.ok(r.closed && r.statuses.length === 1 && (r.statuses[0] ?? 0) >= 400, `refused and closed: ${r.text.slice(0, 80)}`);
     }
     for (let i = 0; i < 300; i += 30) {

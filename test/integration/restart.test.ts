@@ -127,7 +127,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
     assert.ok(res.status === 200 || res.status === 201, `POST /blocks ${ip}: ${res.text}${logs()}`);
   }
 
-  async function setElems(family: 'v4' | 'v6', table = 'rated'): Promise<NftElem[]> {
+  async function setElems(family: 'v4' | 'v6' | 'v4net' | 'v6net', table = 'rated'): Promise<NftElem[]> {
     const r = await srv.exec('nft', ['-j', 'list', 'set', 'inet', table, family]);
     if (r.exitCode !== 0) return [];
     const doc = JSON.parse(r.stdout) as { nftables: Array<{ set?: { elem?: unknown[] } }> };
@@ -142,9 +142,13 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
     return p ? `${p.addr}/${p.len}` : JSON.stringify(e.val);
   }
 
+  /** Every element of our four sets, by the block it stands for (IPv6 clients of set v6 as their /64). */
   async function kernel(): Promise<Map<string, NftElem>> {
-    const all = [...await setElems('v4'), ...await setElems('v6')];
-    return new Map(all.map((e) => [elemText(e), e]));
+    const all: Array<[string, NftElem]> = [];
+    for (const set of ['v4', 'v6', 'v4net', 'v6net'] as const) {
+      for (const e of await setElems(set)) all.push([set === 'v6' ? `${elemText(e)}/64` : elemText(e), e]);
+    }
+    return new Map(all);
   }
 
   /** Whether the offender's packets reach the server: `open` (refused by the closed port) or `dropped`. */
@@ -292,7 +296,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
 
     // While rated is down: someone adds an element by hand, someone deletes one of ours, one block runs out.
     await srv.run('nft', ['add', 'element', 'inet', 'rated', 'v4', '{ 198.51.100.9 timeout 1h }']);
-    await srv.run('nft', ['delete', 'element', 'inet', 'rated', 'v4', '{ 203.0.113.0/24 }']);
+    await srv.run('nft', ['delete', 'element', 'inet', 'rated', 'v4net', '{ 203.0.113.0/24 }']);
     const expiry = Date.parse(shortLived.expires ?? '');
     await waitFor(async () => Date.now() > expiry && !(await kernel()).has('198.51.100.77'), {
       timeoutMs: expiry - Date.now() + 5000, intervalMs: 200, what: 'the short block to run out in the kernel',
@@ -369,7 +373,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
     assert.ok(status.firewall.driftRepairs >= 1, JSON.stringify(status.firewall));
 
     // One element removed by someone else is put back too.
-    await srv.run('nft', ['delete', 'element', 'inet', 'rated', 'v4', '{ 203.0.113.0/24 }']);
+    await srv.run('nft', ['delete', 'element', 'inet', 'rated', 'v4net', '{ 203.0.113.0/24 }']);
     await waitFor(async () => (await kernel()).has('203.0.113.0/24'), { timeoutMs: 4000, intervalMs: 100, what: '203.0.113.0/24 back in the kernel' });
     await d.waitForLine((l) => l.level === 40 && l.msg === 'our firewall set differed from our blocks; repaired it');
   });

@@ -14,7 +14,7 @@ import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 
 const TOOLS = ['nft', 'ip'];
-const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10 };
+const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
 
 let shared: Namespace | undefined;
 
@@ -58,8 +58,10 @@ async function listJson(ns: Namespace, args: readonly string[]): Promise<Json[]>
   return ((JSON.parse(r.stdout) as { nftables?: Json[] }).nftables ?? []).filter((i) => !('metainfo' in i));
 }
 
+type SetName = 'v4' | 'v6' | 'v4net' | 'v6net';
+
 /** The elements the kernel holds in one of our sets. */
-async function kernelSet(ns: Namespace, set: 'v4' | 'v6'): Promise<Elem[]> {
+async function kernelSet(ns: Namespace, set: SetName): Promise<Elem[]> {
   const items = await listJson(ns, ['set', 'inet', OPTS.table, set]);
   const elems = ((items[0]?.set as Json | undefined)?.elem as unknown[] | undefined) ?? [];
   return elems.map((raw) => {
@@ -73,8 +75,11 @@ async function kernelSet(ns: Namespace, set: 'v4' | 'v6'): Promise<Elem[]> {
   });
 }
 
-async function kernelValues(ns: Namespace, set: 'v4' | 'v6'): Promise<string[]> {
-  return (await kernelSet(ns, set)).map((e) => e.val).sort();
+/** What the kernel blocks of one family, from its hash set and its interval set; v6 clients written as their /64. */
+async function kernelValues(ns: Namespace, family: 'v4' | 'v6'): Promise<string[]> {
+  const hash = (await kernelSet(ns, family)).map((e) => (family === 'v6' ? `${e.val}/64` : e.val));
+  const nets = (await kernelSet(ns, `${family}net`)).map((e) => e.val);
+  return [...hash, ...nets].sort();
 }
 
 /** A listing with what legitimately changes between two reads removed (handles, remaining time). */
@@ -148,8 +153,11 @@ test('ensure creates our table, sets and chain; twice changes nothing; a foreign
   const items = await listJson(ns, ['table', 'inet', 'rated']);
   const sets = items.flatMap((i) => (i.set ? [i.set as Json] : []));
   assert.deepEqual(
-    sets.map((s) => [s.name, s.type, s.flags]),
-    [['v4', 'ipv4_addr', ['interval', 'timeout']], ['v6', 'ipv6_addr', ['interval', 'timeout']]],
+    sets.map((s) => [s.name, s.type, s.flags, s.size]),
+    [
+      ['v4', 'ipv4_addr', ['timeout'], 1_048_576], ['v6', 'ipv6_addr', ['timeout'], 1_048_576],
+      ['v4net', 'ipv4_addr', ['interval', 'timeout'], 1_048_576], ['v6net', 'ipv6_addr', ['interval', 'timeout'], 1_048_576],
+    ],
   );
   const chains = items.flatMap((i) => (i.chain ? [i.chain as Json] : []));
   assert.equal(chains.length, 1);
@@ -158,9 +166,9 @@ test('ensure creates our table, sets and chain; twice changes nothing; a foreign
     ['block', 'filter', 'input', -10, 'accept'],
   );
   const rules = items.flatMap((i) => (i.rule ? [i.rule as { chain: string; expr: Json[] }] : []));
-  assert.deepEqual(rules.map((r) => r.chain), ['block', 'block']);
-  assert.deepEqual(rules.map((r) => JSON.stringify(r.expr).match(/"@(v[46])"/)?.[1]), ['v4', 'v6']);
-  assert.ok(rules.every((r) => r.expr.some((e) => 'drop' in e)), 'both rules drop');
+  assert.deepEqual(rules.map((r) => r.chain), ['block', 'block', 'block', 'block']);
+  assert.deepEqual(rules.map((r) => JSON.stringify(r.expr).match(/"@(v[46](net)?)"/)?.[1]), ['v4', 'v4net', 'v6', 'v6net']);
+  assert.ok(rules.every((r) => r.expr.some((e) => 'drop' in e) && r.expr.some((e) => 'counter' in e)), 'every rule counts and drops');
   assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0 });
 
   backend.add(net('198.51.100.7'), 600_000, false);
@@ -170,7 +178,8 @@ test('ensure creates our table, sets and chain; twice changes nothing; a foreign
   assert.deepEqual(normalize(await listJson(ns, ['ruleset'])), once, 'a second ensure changes nothing');
   assert.deepEqual(await kernelValues(ns, 'v4'), ['198.51.100.7'], 'ensure keeps our elements');
 
-  assert.equal(await backend.flush(), 1);
+  // Emptied with one `flush set` per set, without reading the elements: the count is not known.
+  assert.equal(await backend.flush(), null);
   assert.deepEqual(await kernelValues(ns, 'v4'), []);
   assert.equal((await backend.check()).intact, true, 'flush keeps the structure');
   assert.equal(await hostfw(ns), foreign, 'the foreign table, its rules and its set named v4 are untouched');
@@ -268,7 +277,7 @@ test('a poison element is reported in failed; the good ones of its batch are app
   assert.deepEqual(await kernelValues(ns, 'v4'), good);
 });
 
-test('an IPv6 /64 client block lands in set v6 as a prefix element', async (t) => {
+test('an IPv6 /64 client block lands in hash set v6 as its network address', async (t) => {
   const ns = setup(t);
   if (!ns) return;
   const backend = new NftablesBackend(ns.runner, OPTS);
@@ -281,7 +290,7 @@ test('an IPv6 /64 client block lands in set v6 as a prefix element', async (t) =
 
   const items = await listJson(ns, ['set', 'inet', 'rated', 'v6']);
   const elem = ((items[0]?.set as Json).elem as Array<{ elem: Json }>)[0]?.elem;
-  assert.deepEqual(elem?.val, { prefix: { addr: '2001:db8:1:2::', len: 64 } });
+  assert.equal(elem?.val, '2001:db8:1:2::');
   assert.equal(elem?.timeout, 300);
   assert.deepEqual(await kernelValues(ns, 'v4'), []);
   assert.deepEqual((await backend.list()).map((e) => e.net.text), ['2001:db8:1:2::/64']);
@@ -303,6 +312,7 @@ test('Blocker: a /24 around a blocked address replaces it in the kernel; lifting
     assert.equal(blocker.block({ net: net('198.51.100.0/24'), durationMs: 60_000, source: 'manual' }), 'added');
     await blocker.settle();
     assert.deepEqual(await kernelValues(ns, 'v4'), ['198.51.100.0/24'], 'only the outer network is an element');
+    assert.deepEqual((await kernelSet(ns, 'v4net')).map((e) => e.val), ['198.51.100.0/24'], 'a network goes to the interval set');
     assert.equal(count.calls(), 1, 'delete of the inner address and add of the /24 in one transaction, never refused as "interval overlaps"');
     assert.deepEqual(blocker.lastErrors, []);
     assert.equal(metrics.firewallRefused, 0);
@@ -342,7 +352,7 @@ test('Blocker: lifting and re-imposing a /24 in one batch leaves the /24 and no 
     assert.ok(blocker.unblock(net('198.51.100.0/24')));
     assert.equal(blocker.block({ net: net('198.51.100.0/24'), durationMs: 120_000, source: 'manual' }), 'added');
     await blocker.settle();
-    const elems = await kernelSet(ns, 'v4');
+    const elems = [...await kernelSet(ns, 'v4'), ...await kernelSet(ns, 'v4net')];
     assert.deepEqual(elems.map((e) => [e.val, e.timeout]), [['198.51.100.0/24', 120]]);
     assert.deepEqual(blocker.lastErrors, []);
     assert.equal(metrics.firewallRefused, 0);
@@ -364,7 +374,7 @@ test('Blocker: flush empties our sets only', async (t) => {
     blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
     blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
     await blocker.settle();
-    assert.equal((await kernelSet(ns, 'v4')).length + (await kernelSet(ns, 'v6')).length, 3);
+    assert.equal((await kernelValues(ns, 'v4')).length + (await kernelValues(ns, 'v6')).length, 3);
 
     assert.equal(await blocker.flush(), 3);
     assert.equal(blocker.size, 0);
@@ -397,7 +407,7 @@ test('Blocker: after `nft flush ruleset`, repair recreates the table and restore
     assert.equal((await backend.check()).intact, true, 'table, sets and chain are back');
     assert.deepEqual(await kernelValues(ns, 'v4'), ['198.51.100.7', '203.0.113.0/24']);
     assert.deepEqual(await kernelValues(ns, 'v6'), ['2001:db8:1:2::/64']);
-    const v4 = await kernelSet(ns, 'v4');
+    const v4 = await kernelSet(ns, 'v4net');
     const net24 = v4.find((e) => e.val === '203.0.113.0/24');
     assert.ok(net24?.expires !== null && net24 !== undefined && net24.expires! > 290 && net24.expires! <= 300, 'restored with its remaining time');
     assert.equal(metrics.driftRepairs, 1);
@@ -421,20 +431,95 @@ test('packets: a blocked peer can no longer ping; before the block and after lif
     await waitFor(() => ping('192.0.2.1'), { timeoutMs: 10_000, what: 'the peer to reach us over IPv4 before the block' });
     await waitFor(() => ping('2001:db8:ff::1'), { timeoutMs: 10_000, what: 'the peer to reach us over IPv6 before the block' });
 
+    // The IPv6 peer blocked as its client, the /64: a masked lookup in hash set v6.
+    const client6 = net('2001:db8:ff::/64');
     backend.add(net('192.0.2.2'), 60_000, false);
-    backend.add(net('2001:db8:ff::2'), 60_000, false);
+    backend.add(client6, 60_000, false);
     assert.deepEqual(await backend.commit(), { applied: 2, failed: [] });
+    assert.deepEqual((await kernelSet(ns, 'v6')).map((e) => e.val), ['2001:db8:ff::']);
     assert.equal(await ping('192.0.2.1'), false, 'IPv4 ping of a blocked peer fails');
-    assert.equal(await ping('2001:db8:ff::1'), false, 'IPv6 ping of a blocked peer fails');
+    assert.equal(await ping('2001:db8:ff::1'), false, 'IPv6 ping of a peer whose /64 is blocked fails');
     const dropped = (await backend.check()).droppedPackets ?? 0;
     assert.ok(dropped >= 2, `our rules counted the dropped echo requests (${dropped})`);
+    const counted = (await backend.list()).filter((e) => (e.dropped?.packets ?? 0) > 0).map((e) => e.net.text).sort();
+    assert.deepEqual(counted, ['192.0.2.2', '2001:db8:ff::/64'], 'each element counts what it dropped');
 
     backend.delete(net('192.0.2.2'));
-    backend.delete(net('2001:db8:ff::2'));
+    backend.delete(client6);
     assert.deepEqual(await backend.commit(), { applied: 2, failed: [] });
     assert.equal(await ping('192.0.2.1'), true, 'IPv4 ping works again once the block is lifted');
     assert.equal(await ping('2001:db8:ff::1'), true, 'IPv6 ping works again once the block is lifted');
   } finally {
+    await peer.delete();
+  }
+});
+
+/** The layout before hash sets: everything in interval sets v4 and v6, two rules. */
+const OLDER = `table inet rated {
+  set v4 { type ipv4_addr; flags interval,timeout; }
+  set v6 { type ipv6_addr; flags interval,timeout; }
+  chain block { type filter hook input priority -10; policy accept; ip saddr @v4 counter drop; ip6 saddr @v6 counter drop; }
+}
+`;
+
+test('the older layout is moved in one transaction, with every element and its time left, while the blocked peer keeps pinging', async (t) => {
+  const ns = setup(t, ['ping']);
+  if (!ns) return;
+  const peer = await createNamespace('rated-mig');
+  let pinging: Promise<{ through: number; sent: number }> | null = null;
+  try {
+    await veth(ns, peer, { a: '192.0.2.1/24', b: '192.0.2.2/24', a6: '2001:db8:ff::1/64', b6: '2001:db8:ff::2/64' });
+    await ns.run('nft', ['-f', '-'], OLDER);
+    // 20,000 addresses, a network and the peer itself, as the older version left them.
+    const many = Array.from({ length: 20_000 }, (_, i) => `10.${40 + Math.floor(i / 65_536)}.${Math.floor(i / 256) % 256}.${i % 256}`);
+    const script = [
+      `add element inet rated v4 { ${many.map((a) => `${a} timeout 1h`).join(', ')} }`,
+      'add element inet rated v4 { 192.0.2.2 timeout 30m, 203.0.113.0/24 timeout 2h }',
+      'add element inet rated v6 { 2001:db8:ff::/64 timeout 45m, 2001:db8:77::1 timeout 20m }',
+    ].join('\n');
+    await ns.run('nft', ['-f', '-'], script);
+    const ping = (target: string) => peer.exec('ping', ['-n', '-c1', '-W1', target]);
+    assert.notEqual((await ping('192.0.2.1')).exitCode, 0, 'the peer is blocked before the move');
+
+    // The peer floods pings, IPv4 and IPv6, the whole time; none may get through.
+    pinging = (async () => {
+      let through = 0;
+      let sent = 0;
+      const until = Date.now() + 6000;
+      while (Date.now() < until) {
+        const r = await peer.exec('ping', ['-n', '-q', '-i', '0.01', '-c', '50', '-W', '1', '192.0.2.1']);
+        const r6 = await peer.exec('ping', ['-n', '-q', '-i', '0.01', '-c', '50', '-W', '1', '2001:db8:ff::1']);
+        for (const out of [r.stdout, r6.stdout]) {
+          const m = /(\d+) packets transmitted, (\d+) received/.exec(out);
+          if (m) {
+            sent += Number(m[1]);
+            through += Number(m[2]);
+          }
+        }
+      }
+      return { through, sent };
+    })();
+
+    const backend = new NftablesBackend(ns.runner, OPTS);
+    await backend.ensure();
+    assert.equal(backend.moved, 20_004);
+    assert.equal((await backend.check()).intact, true, 'the new layout is complete');
+    const v4 = await kernelSet(ns, 'v4');
+    assert.equal(v4.length, 20_001);
+    const peer4 = v4.find((e) => e.val === '192.0.2.2');
+    assert.ok(peer4?.timeout !== null && peer4 !== undefined && peer4.timeout! <= 1800 && peer4.timeout! > 1780, `kept its time left: ${JSON.stringify(peer4)}`);
+    assert.deepEqual((await kernelSet(ns, 'v4net')).map((e) => e.val), ['203.0.113.0/24']);
+    assert.deepEqual((await kernelSet(ns, 'v6')).map((e) => e.val), ['2001:db8:ff::']);
+    assert.deepEqual((await kernelSet(ns, 'v6net')).map((e) => e.val), ['2001:db8:77::1']);
+
+    const { through, sent } = await pinging;
+    pinging = null;
+    assert.ok(sent > 100, `the peer kept sending (${sent})`);
+    assert.equal(through, 0, `not one of ${sent} pings got through during the move`);
+    await backend.ensure();
+    assert.equal((await kernelSet(ns, 'v4')).length, 20_001, 'a second ensure moves nothing and keeps everything');
+  } finally {
+    await pinging?.catch(() => undefined);
     await peer.delete();
   }
 });

@@ -29,7 +29,7 @@ test('embedded defaults match the documented ones', () => {
   assert.equal(c.allowSelf, true);
   assert.equal(c.ipv6Prefix, 64);
   assert.equal(c.tracking.maxClients, 1_000_000);
-  assert.deepEqual(c.firewall, { backend: 'auto', table: 'rated', hook: 'input', priority: -10, flushOnExit: false, checkInterval: 30_000 });
+  assert.deepEqual(c.firewall, { backend: 'auto', table: 'rated', hook: 'input', priority: -10, flushOnExit: false, checkInterval: 30_000, maxBlocks: 1_048_576 });
   assert.equal(c.control.socket, '/run/rated/rated.sock');
   assert.equal(c.state.dir, '/var/lib/rated');
   assert.equal(c.redis, null);

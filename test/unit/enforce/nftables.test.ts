@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseNetwork, type Network } from '../../../src/address.js';
 import { applyBisecting, OpQueue, type Op } from '../../../src/enforce/backend.js';
-import { NftablesBackend, parseSetListing, renderOps, renderStructure, type NftOptions } from '../../../src/enforce/nftables.js';
+import { ipv6Mask, NftablesBackend, parseSetListing, renderOps, renderStructure, setOf, type NftOptions } from '../../../src/enforce/nftables.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
 
-const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10 };
+const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
 
 function net(text: string): Network {
   const n = parseNetwork(text);
@@ -22,28 +22,38 @@ function del(text: string): Op {
 }
 
 const T = { family: 'inet', table: 'rated' };
-const v4 = (elem: unknown[]) => ({ element: { ...T, name: 'v4', elem } });
-const v6 = (elem: unknown[]) => ({ element: { ...T, name: 'v6', elem } });
+const inSet = (name: string) => (elem: unknown[]) => ({ element: { ...T, name, elem } });
+const v4 = inSet('v4');
+const v6 = inSet('v6');
+const v4net = inSet('v4net');
+const v6net = inSet('v6net');
 
+const SADDR4 = { payload: { protocol: 'ip', field: 'saddr' } };
+const SADDR6 = { payload: { protocol: 'ip6', field: 'saddr' } };
+const rule = (left: unknown, set: string) => ({ add: { rule: { ...T, chain: 'block', expr: [
+  { match: { op: '==', left, right: `@${set}` } },
+  { counter: null },
+  { drop: null },
+] } } });
 const RULES = [
-  { add: { rule: { ...T, chain: 'block', expr: [
-    { match: { op: '==', left: { payload: { protocol: 'ip', field: 'saddr' } }, right: '@v4' } },
-    { counter: null },
-    { drop: null },
-  ] } } },
-  { add: { rule: { ...T, chain: 'block', expr: [
-    { match: { op: '==', left: { payload: { protocol: 'ip6', field: 'saddr' } }, right: '@v6' } },
-    { counter: null },
-    { drop: null },
-  ] } } },
+  rule(SADDR4, 'v4'),
+  rule(SADDR4, 'v4net'),
+  // IPv6 clients are their /64: the address is masked, then looked up in a hash set.
+  rule({ '&': [SADDR6, 'ffff:ffff:ffff:ffff::'] }, 'v6'),
+  rule(SADDR6, 'v6net'),
+];
+const set = (name: string, type: string, interval: boolean) => ({ add: { set: {
+  ...T, name, type, flags: interval ? ['interval', 'timeout'] : ['timeout'], size: 1_048_576, stmt: [{ counter: null }],
+} } });
+const SETS = [
+  set('v4', 'ipv4_addr', false), set('v6', 'ipv6_addr', false), set('v4net', 'ipv4_addr', true), set('v6net', 'ipv6_addr', true),
 ];
 
-test('renderStructure: our table, two interval+timeout sets, one chain at the configured hook and priority', () => {
+test('renderStructure: hash sets v4 and v6 for clients, small interval sets for other networks, counters, a size, one chain', () => {
   assert.deepEqual(renderStructure(OPTS, false), {
     nftables: [
       { add: { table: { family: 'inet', name: 'rated' } } },
-      { add: { set: { ...T, name: 'v4', type: 'ipv4_addr', flags: ['interval', 'timeout'] } } },
-      { add: { set: { ...T, name: 'v6', type: 'ipv6_addr', flags: ['interval', 'timeout'] } } },
+      ...SETS,
       { add: { chain: { ...T, name: 'block', type: 'filter', hook: 'input', prio: -10, policy: 'accept' } } },
       { flush: { chain: { ...T, name: 'block' } } },
       ...RULES,
@@ -52,9 +62,9 @@ test('renderStructure: our table, two interval+timeout sets, one chain at the co
 });
 
 test('renderStructure: a chain with the wrong hook is deleted and created again; the sets are kept', () => {
-  const doc = renderStructure({ table: 'other', hook: 'prerouting', priority: -300 }, true) as { nftables: object[] };
+  const doc = renderStructure({ ...OPTS, table: 'other', hook: 'prerouting', priority: -300 }, true) as { nftables: object[] };
   const chain = { family: 'inet', table: 'other', name: 'block' };
-  assert.deepEqual(doc.nftables.slice(3, 8), [
+  assert.deepEqual(doc.nftables.slice(5, 10), [
     { add: { chain } },
     { flush: { chain } },
     { delete: { chain } },
@@ -62,6 +72,42 @@ test('renderStructure: a chain with the wrong hook is deleted and created again;
     { flush: { chain } },
   ]);
   assert.equal(doc.nftables.filter((c) => 'delete' in c).length, 1, 'only the chain is deleted, never a set or the table');
+});
+
+test('renderStructure: the older layout moves in one transaction: chain out, old sets out, new sets in with every element, chain and rules in', () => {
+  const doc = renderStructure(OPTS, false, [
+    { net: net('192.0.2.1'), timeoutMs: 60_000 },
+    { net: net('2001:db8:1::/64'), timeoutMs: 120_000 },
+    { net: net('198.51.100.0/24'), timeoutMs: 30_000 },
+  ]);
+  const chain = { ...T, name: 'block' };
+  assert.deepEqual(doc.nftables, [
+    { add: { table: { family: 'inet', name: 'rated' } } },
+    { add: { chain } },
+    { flush: { chain } },
+    { delete: { chain } },
+    { delete: { set: { ...T, name: 'v4' } } },
+    { delete: { set: { ...T, name: 'v6' } } },
+    ...SETS,
+    { add: v4([{ elem: { val: '192.0.2.1', timeout: 60 } }]) },
+    { add: v6([{ elem: { val: '2001:db8:1::', timeout: 120 } }]) },
+    { add: v4net([{ elem: { val: { prefix: { addr: '198.51.100.0', len: 24 } }, timeout: 30 } }]) },
+    { add: { chain: { ...chain, type: 'filter', hook: 'input', prio: -10, policy: 'accept' } } },
+    { flush: { chain } },
+    ...RULES,
+  ]);
+});
+
+test('ipv6Mask: the mask of a prefix length as nft writes it', () => {
+  assert.equal(ipv6Mask(64), 'ffff:ffff:ffff:ffff::');
+  assert.equal(ipv6Mask(48), 'ffff:ffff:ffff::');
+  assert.equal(ipv6Mask(56), 'ffff:ffff:ffff:ff00::');
+  assert.equal(ipv6Mask(128), 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff');
+});
+
+test('setOf: addresses and client networks to the hash sets, every other network to the interval sets', () => {
+  assert.deepEqual(['192.0.2.1', '192.0.2.0/24', '2001:db8::/64', '2001:db8::1', '2001:db8::/48', '64:ff9b::c000:201'].map((t) => setOf(OPTS, net(t))),
+    ['v4', 'v4net', 'v6', 'v6net', 'v6net', 'v6net']);
 });
 
 test('renderOps: a new block is one add with its timeout', () => {
@@ -83,30 +129,30 @@ test('renderOps: a delete is one delete, with no placeholder add that could coll
   assert.deepEqual(renderOps(OPTS, [del('198.51.100.7'), add('198.51.100.0/24', 60_000)]), {
     nftables: [
       { delete: v4(['198.51.100.7']) },
-      { add: v4([{ elem: { val: { prefix: { addr: '198.51.100.0', len: 24 } }, timeout: 60 } }]) },
+      { add: v4net([{ elem: { val: { prefix: { addr: '198.51.100.0', len: 24 } }, timeout: 60 } }]) },
     ],
   });
 });
 
-test('renderOps: an IPv6 /64 goes to v6 as a prefix element, a single IPv6 address as a string', () => {
+test('renderOps: an IPv6 /64 client goes to v6 as its network address, a single IPv6 address to v6net', () => {
   assert.deepEqual(renderOps(OPTS, [add('2001:db8:1:2::/64', 3_600_000), del('2001:db8::1')]), {
     nftables: [
-      { delete: v6(['2001:db8::1']) },
-      { add: v6([{ elem: { val: { prefix: { addr: '2001:db8:1:2::', len: 64 } }, timeout: 3600 } }]) },
+      { delete: v6net(['2001:db8::1']) },
+      { add: v6([{ elem: { val: '2001:db8:1:2::', timeout: 3600 } }]) },
     ],
   });
 });
 
 test('renderOps: one delete and one add per set, deletes first, whatever the order of the queue', () => {
   const doc = renderOps(OPTS, [
-    add('192.0.2.1', 60_000), add('2001:db8::7', 60_000), del('192.0.2.9'), add('192.0.2.2', 120_000, true), del('2001:db8::9'),
+    add('192.0.2.1', 60_000), add('2001:db8::/64', 60_000), del('192.0.2.9'), add('192.0.2.2', 120_000, true), del('2001:db8:9::/64'),
   ]);
   assert.deepEqual(doc, {
     nftables: [
       { delete: v4(['192.0.2.9', '192.0.2.2']) },
-      { delete: v6(['2001:db8::9']) },
+      { delete: v6(['2001:db8:9::']) },
       { add: v4([{ elem: { val: '192.0.2.1', timeout: 60 } }, { elem: { val: '192.0.2.2', timeout: 120 } }]) },
-      { add: v6([{ elem: { val: '2001:db8::7', timeout: 60 } }]) },
+      { add: v6([{ elem: { val: '2001:db8::', timeout: 60 } }]) },
     ],
   });
 });
@@ -167,6 +213,18 @@ test('parseSetListing: an IPv6 prefix element and an empty set', () => {
   assert.equal(entry?.expiresAt, 4000);
   const empty = JSON.stringify({ nftables: [{ metainfo: {} }, { set: { family: 'inet', name: 'v4', table: 'rated', type: 'ipv4_addr' } }] });
   assert.deepEqual(parseSetListing(empty, 0), []);
+});
+
+test('parseSetListing: a v6 hash-set element is its client network; per-element counters are read', () => {
+  const listing = JSON.stringify({ nftables: [
+    { metainfo: { version: '1.0.6' } },
+    { set: { family: 'inet', name: 'v6', table: 'rated', type: 'ipv6_addr', flags: ['timeout'], elem: [
+      { elem: { val: '2001:db8:1:2::', timeout: 5, expires: 4, counter: { packets: 3, bytes: 180 } } },
+    ] } },
+  ] });
+  const [entry] = parseSetListing(listing, 0, 64);
+  assert.equal(entry?.net.text, '2001:db8:1:2::/64');
+  assert.deepEqual(entry?.dropped, { packets: 3, bytes: 180 });
 });
 
 test('OpQueue: the last change to an element wins', () => {
