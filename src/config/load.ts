@@ -108,7 +108,7 @@ export function parseConfig(raw: unknown): Config {
 
 function crossCheck(config: Config): void {
   const http = config.receivers.http;
-  if (http && !isLoopback(http.address) && http.token === null) {
+  if (http && http.socket === null && !isLoopback(http.address) && http.token === null) {
     throw configError('receivers.http.token', `required when receivers.http.address (${http.address}) is not a loopback address`);
   }
   const udp = config.receivers.udp;

@@ -47,6 +47,9 @@ const httpReceiver = z.strictObject({
   port: port.default(8080),
   header: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'expected an HTTP header name').default('X-IP'),
   token: z.string().min(16, 'a token must have at least 16 characters').nullable().default(null),
+  // A unix socket instead of TCP: only processes that may write it (nginx's user) can notify.
+  socket: z.string().regex(/^\/\S{1,200}$/, 'expected an absolute path').nullable().default(null),
+  socketGroup: z.string().regex(/^([a-z_][a-z0-9_-]{0,31}|\d{1,10})$/, 'expected a group name or number').nullable().default(null),
 });
 
 const udpReceiver = z.strictObject({

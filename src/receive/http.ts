@@ -1,4 +1,7 @@
+import { chmodSync, chownSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { timingSafeEqual } from 'node:crypto';
@@ -15,6 +18,10 @@ export interface HttpReceiverOptions {
   readonly header: string;
   /** When set, every notification must carry it in X-Rated-Token. */
   readonly token: string | null;
+  /** A unix socket path to listen on instead of address:port (mode 0660). */
+  readonly socket?: string | null;
+  /** The group the socket is given, so that nginx's user can write it. */
+  readonly socketGroup?: string | null;
   readonly sink: HitSink;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -94,21 +101,37 @@ export class HttpReceiver {
 
   /** Starts listening; throws a RatedError (BIND_FAILED) with the cause. */
   async listen(): Promise<void> {
+    const path = this.options.socket ?? null;
+    const where = path === null ? `${this.options.address}:${this.options.port}` : path;
+    if (path !== null) await prepareSocket(path);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
-        reject(new RatedError('BIND_FAILED', `receivers.http: cannot listen on ${this.options.address}:${this.options.port}: ${err.code ?? err.message}`));
+        reject(new RatedError('BIND_FAILED', `receivers.http: cannot listen on ${where}: ${err.code ?? err.message}`));
       };
       this.server.once('error', onError);
-      this.server.listen(this.options.port, this.options.address, () => {
+      const done = (): void => {
         this.server.off('error', onError);
         resolve();
-      });
+      };
+      if (path === null) this.server.listen(this.options.port, this.options.address, done);
+      else this.server.listen(path, done);
     });
+    if (path !== null) {
+      // Only the owner and the group (nginx's user) may connect.
+      chmodSync(path, 0o660);
+      const group = this.options.socketGroup ?? null;
+      if (group !== null) {
+        const gid = groupId(group);
+        if (gid === null) throw new RatedError('BIND_FAILED', `receivers.http.socketGroup: no group ${JSON.stringify(group)} on this host`);
+        chownSync(path, process.getuid?.() ?? 0, gid);
+      }
+    }
   }
 
-  /** The address actually bound, e.g. `127.0.0.1:8080`. */
+  /** The address actually bound, e.g. `127.0.0.1:8080`, or `unix:PATH`. */
   get endpoint(): string {
     const a = this.server.address();
+    if (typeof a === 'string') return `unix:${a}`;
     return a && typeof a === 'object' ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : '';
   }
 
@@ -195,7 +218,8 @@ export class HttpReceiver {
   /** Takes a new connection into the unproven pool, making room by closing the oldest newcomer. */
   private admit(socket: Socket): void {
     const peer = socket.remoteAddress;
-    if (isLoopback(peer)) this.trusted.add(socket);
+    // On the unix socket the file's mode and group decide who may connect.
+    if (this.options.socket || isLoopback(peer)) this.trusted.add(socket);
     else if (peer !== undefined) {
       const n = (this.perAddress.get(peer) ?? 0) + 1;
       if (n > CONNECTION_LIMITS.perAddress) {
@@ -251,4 +275,37 @@ export class HttpReceiver {
 function isLoopback(address: string | undefined): boolean {
   if (address === undefined) return false;
   return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
+}
+
+/** Makes the socket's directory and removes a stale socket file; a live one means another process listens there. */
+async function prepareSocket(path: string): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new RatedError('BIND_FAILED', `receivers.http.socket: something already listens on ${path}`);
+  try {
+    unlinkSync(path);
+  } catch {
+    // nothing to replace
+  }
+}
+
+/** The id of a group given by name or number, from /etc/group; null when there is none. */
+function groupId(group: string): number | null {
+  if (/^\d+$/.test(group)) return Number(group);
+  try {
+    for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+      const [name, , gid] = line.split(':');
+      if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+    }
+  } catch {
+    // no /etc/group: no names
+  }
+  return null;
 }

@@ -22,6 +22,8 @@ export interface NginxOptions {
   readonly body?: string;
   /** Sent to the HTTP receiver as X-Rated-Token (receivers.http.token), when given. */
   readonly token?: string;
+  /** rated's HTTP receiver on a unix socket (receivers.http.socket) instead of ratedPort. */
+  readonly ratedSocket?: string;
   /** How long to wait for nginx to answer before giving up (default 10 s). */
   readonly startTimeoutMs?: number;
 }
@@ -58,7 +60,7 @@ export interface Nginx {
  * foreground, and the post_action snippet of SPEC §4 verbatim, so the test
  * exercises exactly what the README tells users to write.
  */
-export function renderNginxConf(prefix: string, port: number, ratedPort: number, input: NginxInput = { kind: 'http' }, token?: string): string {
+export function renderNginxConf(prefix: string, port: number, ratedPort: number, input: NginxInput = { kind: 'http' }, token?: string, ratedSocket?: string): string {
   const p = (name: string): string => join(prefix, name);
   const location = input.kind === 'http'
     ? `location / { post_action @rated; index index.html; }
@@ -104,7 +106,7 @@ http {
     keepalive_timeout 5s;
 
     log_format rated '$remote_addr $request_method $status $host $request_uri';
-    upstream rated { server 127.0.0.1:${ratedPort}; keepalive 16; }
+    upstream rated { server ${ratedSocket === undefined ? `127.0.0.1:${ratedPort}` : `unix:${ratedSocket}`}; keepalive 16; }
 
     server {
         listen 0.0.0.0:${port};
@@ -130,7 +132,7 @@ export async function startNginx(options: NginxOptions): Promise<Nginx> {
   chmodSync(prefix, 0o755);
   for (const dir of ['logs', 'tmp', 'html']) mkdirSync(join(prefix, dir), { mode: 0o755 });
   writeFileSync(join(prefix, 'html', 'index.html'), options.body ?? 'hello from nginx\n', { mode: 0o644 });
-  const conf = renderNginxConf(prefix, port, options.ratedPort, options.input, options.token);
+  const conf = renderNginxConf(prefix, port, options.ratedPort, options.input, options.token, options.ratedSocket);
   const confPath = join(prefix, 'nginx.conf');
   writeFileSync(confPath, conf);
 

@@ -21,7 +21,7 @@ function configError(fn: () => unknown): RatedError {
 
 test('embedded defaults match the documented ones', () => {
   const c = parseConfig({});
-  assert.deepEqual(c.receivers.http, { address: '127.0.0.1', port: 8080, header: 'X-IP', token: null });
+  assert.deepEqual(c.receivers.http, { address: '127.0.0.1', port: 8080, header: 'X-IP', token: null, socket: null, socketGroup: null });
   assert.deepEqual(c.receivers.udp, { address: '127.0.0.1', port: 5514, pattern: null });
   assert.deepEqual(c.rules, [{ name: 'default', match: {}, limit: 360, window: 120_000, block: 21_600_000 }]);
   assert.deepEqual(c.escalation, { factor: 2, max: 604_800_000, memory: 604_800_000 });
