@@ -2,7 +2,7 @@ import { clientOf } from './address.js';
 import type { Config } from './config/schema.js';
 import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
-import { LineParser } from './receive/line.js';
+import { LineParser, type ParsedLine } from './receive/line.js';
 
 /** One block that the daemon would have decided, on the log's own clock. */
 export interface ReplayBlock {
@@ -39,9 +39,11 @@ export interface ReplaySummary {
   blockedClients: number;
   /** Verdicts refused because the client's network overlaps the allow list, as the blocker would. */
   refused: number;
-  /** Lines whose time is more than a minute before a line read earlier (logs given out of order). */
+  /** Lines counted at their own time though a later line came first (nginx logs in completion order). */
+  reordered: number;
+  /** Lines more than REORDER_MS older than a line read before them: too far back to place, not counted. */
   outOfOrder: number;
-  /** Log time of the first and last line counted, ms since the epoch; null when none. */
+  /** Log time of the earliest and the latest line counted, ms since the epoch; null when none. */
   from: number | null;
   to: number | null;
 }
@@ -58,8 +60,20 @@ export interface ReplayOptions {
   readonly allowSelf?: boolean;
 }
 
-/** How far back a line's time may go before it counts as out of order. */
-const DISORDER_MS = 60_000;
+/**
+ * How far back a line's time may go and still be counted at its own time:
+ * nginx writes a line when its request completes, so a slow request's line
+ * comes after those of quicker requests that began later. Lines wait this
+ * long (on the log's clock) in a reorder buffer before they are counted.
+ */
+export const REORDER_MS = 5 * 60_000;
+
+interface Pending {
+  readonly hit: ParsedLine;
+  readonly file: string;
+  readonly line: number;
+  readonly seq: number;
+}
 
 /**
  * Runs access-log lines through the configured rules on the log's own
@@ -72,7 +86,7 @@ export class Replay {
   readonly blocks: ReplayBlock[] = [];
   readonly summary: ReplaySummary = {
     lines: 0, rejected: 0, rejectedByReason: {}, ignored: 0, clients: 0, blocks: 0, blockedClients: 0,
-    refused: 0, outOfOrder: 0, from: null, to: null,
+    refused: 0, reordered: 0, outOfOrder: 0, from: null, to: null,
   };
   private readonly parser: LineParser;
   private readonly limiter: Limiter;
@@ -82,9 +96,14 @@ export class Replay {
   private readonly active = new Map<string, number>();
   private readonly seen = new Set<string>();
   private readonly blocked = new Set<string>();
-  /** The log's clock: the latest time read so far, so it never runs backwards, like the daemon's. */
+  /** The log's clock: the time of the line being counted; lines are counted in time order. */
   private clock = -Infinity;
+  /** The latest time read so far. */
+  private latest = -Infinity;
   private where = { file: '', line: 0 };
+  /** Lines read but not counted yet, earliest first (a binary heap on time, then on order read). */
+  private readonly pending: Pending[] = [];
+  private seq = 0;
 
   constructor(options: ReplayOptions) {
     const c = options.config;
@@ -131,19 +150,34 @@ export class Replay {
       return;
     }
     const hit = r.line;
-    if (hit.time < this.clock - DISORDER_MS) s.outOfOrder++;
-    if (hit.time > this.clock) this.clock = hit.time;
+    // Further back than the reorder buffer reaches, or behind lines already counted: it cannot be placed.
+    if (hit.time < this.clock || hit.time < this.latest - REORDER_MS) {
+      s.outOfOrder++;
+      return;
+    }
+    if (hit.time < this.latest) s.reordered++;
+    else this.latest = hit.time;
+    push(this.pending, { hit, file, line, seq: this.seq++ });
+    while (this.pending.length > 0 && (this.pending[0] as Pending).hit.time <= this.latest - REORDER_MS) this.count(pop(this.pending));
+  }
+
+  /** Counts one line at its own time. */
+  private count(p: Pending): void {
+    const s = this.summary;
+    const hit = p.hit;
+    this.clock = hit.time;
     s.from ??= hit.time;
-    s.to = this.clock;
+    s.to = hit.time;
     this.seen.add(clientOf(hit.ip, this.ipv6Prefix).text);
-    this.where = { file, line };
-    const outcome = this.limiter.record({ ip: hit.ip, method: hit.method, status: hit.status, host: hit.host, uri: hit.uri, at: this.clock });
+    this.where = { file: p.file, line: p.line };
+    const outcome = this.limiter.record({ ip: hit.ip, method: hit.method, status: hit.status, host: hit.host, uri: hit.uri, at: hit.time });
     if (outcome === 'allowed') s.ignored++;
     if (this.active.size > 100_000) this.prune();
   }
 
-  /** Finishes the counts of the summary. */
+  /** Counts the lines still waiting, then finishes the counts of the summary. */
   finish(): { blocks: ReplayBlock[]; summary: ReplaySummary } {
+    while (this.pending.length > 0) this.count(pop(this.pending));
     this.summary.clients = this.seen.size;
     this.summary.blocks = this.blocks.length;
     this.summary.blockedClients = this.blocked.size;
@@ -153,4 +187,39 @@ export class Replay {
   private prune(): void {
     for (const [key, end] of this.active) if (end <= this.clock) this.active.delete(key);
   }
+}
+
+function before(a: Pending, b: Pending): boolean {
+  return a.hit.time < b.hit.time || (a.hit.time === b.hit.time && a.seq < b.seq);
+}
+
+function push(heap: Pending[], item: Pending): void {
+  heap.push(item);
+  let i = heap.length - 1;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (!before(heap[i] as Pending, heap[parent] as Pending)) break;
+    [heap[i], heap[parent]] = [heap[parent] as Pending, heap[i] as Pending];
+    i = parent;
+  }
+}
+
+function pop(heap: Pending[]): Pending {
+  const top = heap[0] as Pending;
+  const last = heap.pop() as Pending;
+  if (heap.length > 0) {
+    heap[0] = last;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && before(heap[l] as Pending, heap[m] as Pending)) m = l;
+      if (r < heap.length && before(heap[r] as Pending, heap[m] as Pending)) m = r;
+      if (m === i) break;
+      [heap[i], heap[m]] = [heap[m] as Pending, heap[i] as Pending];
+      i = m;
+    }
+  }
+  return top;
 }

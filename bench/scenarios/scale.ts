@@ -3,7 +3,7 @@
 // against the older layout (interval sets holding everything), in the same
 // run, on the same machine. With N blocks preloaded in each, the time of one
 // `rated block`-sized commit (one add), one unblock (one delete), one renewal
-// (delete + add), a batch of 1,000 renewals, and an emptying flush, through
+// (delete + add), a batch of 100 renewals, and an emptying flush, through
 // rated's own NftablesBackend. nft 1.0.6 reads every element of every
 // interval set before any element command: that is the cost compared here.
 import { performance } from 'node:perf_hooks';
@@ -14,6 +14,8 @@ import { benchAddress, benchRunner, mustRun, type BenchContext, type Scenario } 
 import { median } from '../lib/interleave.js';
 
 const NAME = 'scale';
+/** Renewals in one batch: deletes from a large interval set are quadratic in nft 1.0.6, so the older layout gets no more. */
+const RENEWALS = 100;
 const OPTS = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 2_097_152 } as const;
 const OLDER = (size: number): string => `table inet rated {
   set v4 { type ipv4_addr; flags interval,timeout; size ${size}; }
@@ -45,7 +47,7 @@ interface Figures {
   readonly add: number;
   readonly del: number;
   readonly renew: number;
-  readonly renew1000: number;
+  readonly renewBatch: number;
   readonly flush: number;
 }
 
@@ -88,15 +90,15 @@ async function measure(ctx: BenchContext, layout: Layout, n: number): Promise<Fi
         dels.push(await run(`delete element inet rated v4 { ${a.text} }`));
       }
     }
-    const batch = Array.from({ length: 1000 }, (_, k) => parseNetwork(benchAddress(k)) as Network);
-    const renew1000 = layout === 'hash'
+    const batch = Array.from({ length: RENEWALS }, (_, k) => parseNetwork(benchAddress(k)) as Network);
+    const renewBatch = layout === 'hash'
       ? await commit(() => { for (const b of batch) backend.add(b, 7_200_000, true); })
       : await run(`${batch.map((b) => `delete element inet rated v4 { ${b.text} }`).join('\n')}\nadd element inet rated v4 { ${batch.map((b) => `${b.text} timeout 2h`).join(', ')} }`);
     const tf = performance.now();
     if (layout === 'hash') await backend.flush();
     else await run('flush set inet rated v4');
     const flush = performance.now() - tf;
-    return { add: median(adds), del: median(dels), renew: median(renews), renew1000, flush };
+    return { add: median(adds), del: median(dels), renew: median(renews), renewBatch, flush };
   } finally {
     await ns.delete();
   }
@@ -128,7 +130,7 @@ function report(ctx: BenchContext, n: number, figures: Map<Layout, Figures>): vo
     ['add', 'one block (one add)', 100],
     ['del', 'one unblock (one delete)', 100],
     ['renew', 'one renewal (delete + add)', 100],
-    ['renew1000', '1,000 renewals in one transaction', null],
+    ['renewBatch', `${RENEWALS} renewals in one transaction`, null],
     ['flush', 'flush (one `flush set`)', null],
   ];
   for (const [key, what, bound] of rows) {

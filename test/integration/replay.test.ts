@@ -186,7 +186,11 @@ describe('rated replay', () => {
     ];
     const notGz = join(dir, 'bad.gz');
     writeFileSync(notGz, Buffer.from([0x1f, 0x8b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]));
-    cases.push([[notGz], /bad\.gz: cannot read: not valid gzip data/]);
+    cases.push([[notGz], /bad\.gz: cannot read: invalid gzip data/]);
+    // A log in another format: nothing parsed is no "no client would have been blocked".
+    const other = join(dir, 'other.log');
+    writeFileSync(other, Array.from({ length: 20 }, (_, i) => `2026-11-22 10:00:${String(i).padStart(2, '0')} GET / 192.0.2.${i}\n`).join(''));
+    cases.push([[other], /none of the 20 lines could be read as an access log .*--pattern/]);
     for (const [args, expected] of cases) {
       const r = await replay(args);
       assert.equal(r.exitCode, 2, `${args.join(' ')}: exit 2, got ${String(r.exitCode)}: ${r.stderr}`);
@@ -195,6 +199,18 @@ describe('rated replay', () => {
       assert.match(lines[0] ?? '', expected);
       assert.doesNotMatch(r.stderr, NO_STACK);
     }
+  });
+
+  test('a truncated .gz: the results up to the damage, and where it is', async () => {
+    const whole = gzipSync(log.text);
+    const cut = join(dir, 'cut.log.gz');
+    writeFileSync(cut, whole.subarray(0, Math.floor(whole.length * 0.6)));
+    const r = await replay(['--json', cut]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { summary: { lines: number; damaged: Array<{ log: string; afterLine: number; why: string }> } };
+    assert.ok(out.summary.lines > 0 && out.summary.lines < log.lines, `some lines, not all: ${out.summary.lines} of ${log.lines}`);
+    assert.deepEqual(out.summary.damaged, [{ log: cut, afterLine: out.summary.lines, why: 'unexpected end of gzip data' }]);
+    assert.match(r.stderr, new RegExp(`cut\\.log\\.gz is damaged after line ${out.summary.lines} \\(unexpected end of gzip data\\)`));
   });
 
   test('it runs without root and touches no firewall', async () => {

@@ -97,3 +97,21 @@ function timeOf(line: string): number {
   if (!m) return 0;
   return Date.UTC(Number(m[3]), MONTHS.indexOf(m[2] ?? ''), Number(m[1]), Number(m[4]), Number(m[5]), Number(m[6]));
 }
+
+test('lines nginx wrote in completion order are counted at their own time', () => {
+  // A burst of 4 requests within 10 s, logged with a slow one (its line written 50 s later) in between:
+  // counted at the latest time read, the burst would be spread over 60 s.
+  const lines = [
+    combined('192.0.2.9', T0), combined('192.0.2.9', T0 + 2_000),
+    combined('198.51.100.1', T0 + 60_000),
+    combined('192.0.2.9', T0 + 5_000), combined('192.0.2.9', T0 + 9_000),
+  ];
+  const r = new Replay({ config: parseConfig({ rules: [{ name: 'burst', limit: 3, window: '10s', block: '1m' }], allow: [] }), pattern: null });
+  lines.forEach((l, i) => r.line(l, 'test.log', i + 1));
+  const { blocks, summary } = r.finish();
+  assert.equal(summary.reordered, 2);
+  assert.equal(summary.outOfOrder, 0);
+  assert.deepEqual(blocks.map((b) => [b.ip, b.since, b.line]), [['192.0.2.9', T0 + 9_000, 5]], 'blocked at the time, and the line, that crossed the limit');
+  assert.equal(summary.from, T0);
+  assert.equal(summary.to, T0 + 60_000);
+});

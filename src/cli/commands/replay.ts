@@ -4,7 +4,7 @@ import { createGunzip } from 'node:zlib';
 import { formatDuration } from '../../duration.js';
 import { RatedError } from '../../errors.js';
 import { compilePattern, hasGroup, LineParser, LineSplitter } from '../../receive/line.js';
-import { Replay, type ReplayBlock, type ReplaySummary } from '../../replay.js';
+import { Replay, REORDER_MS, type ReplayBlock, type ReplaySummary } from '../../replay.js';
 import { configOf, out, type GlobalArgs } from '../context.js';
 
 /** How main.ts passes a `-` argument (yargs drops a lone "-"); NUL cannot be in a path. */
@@ -30,19 +30,36 @@ export async function replay(args: ReplayArgs): Promise<void> {
   const logs = args.logs.length > 1 && !args.logs.includes('-') ? await oldestFirst(args.logs, pattern) : args.logs;
   const r = new Replay({ config, pattern, allowSelf: args.allowSelf === true });
   const t0 = performance.now();
+  const damaged: Damage[] = [];
   for (const log of logs) {
     let n = 0;
-    await readLines(log, (line) => r.line(line, log, ++n));
+    const damage = await readLines(log, (line) => r.line(line, log, ++n));
+    if (damage !== null && n === 0) throw new RatedError('USAGE', `${log === '-' ? 'stdin' : log}: cannot read: ${damage}`);
+    if (damage !== null) damaged.push({ log, afterLine: n, why: damage });
   }
   const seconds = (performance.now() - t0) / 1000;
   const { blocks, summary } = r.finish();
+  // A log in another format: every line refused. Saying "no client would have been blocked" would mislead.
+  if (summary.lines > 0 && summary.rejected === summary.lines) {
+    const reasons = Object.entries(summary.rejectedByReason).map(([k, v]) => `${k} ${v}`).join(', ');
+    throw new RatedError('USAGE', `none of the ${summary.lines} lines could be read as an access log (${reasons}): ` +
+      'rated reads nginx\'s combined format; give another one with --pattern (named groups ip and time)');
+  }
   if (args.json) {
-    out(JSON.stringify({ blocks: blocks.map(blockJson), summary: summaryJson(summary, seconds, logs) }, null, 2));
+    out(JSON.stringify({ blocks: blocks.map(blockJson), summary: { ...summaryJson(summary, seconds, logs), damaged } }, null, 2));
   } else {
     out(table(blocks));
     out();
     for (const line of summaryText(summary, seconds)) out(line);
   }
+  for (const d of damaged) process.stderr.write(`rated: warning: ${d.log === '-' ? 'stdin' : d.log} is damaged after line ${d.afterLine} (${d.why}): the results cover the lines before it\n`);
+}
+
+/** Where a log could not be read further. */
+interface Damage {
+  readonly log: string;
+  readonly afterLine: number;
+  readonly why: string;
 }
 
 function checkPattern(pattern: string): void {
@@ -92,8 +109,12 @@ async function* bytesOf(raw: Readable): AsyncGenerator<Buffer> {
   yield* pipeline(source, createGunzip(), () => undefined) as AsyncIterable<Buffer>;
 }
 
-/** Calls `onLine` for every line, the last one too when it has no newline; exit 2 when the log cannot be read. */
-async function readLines(log: string, onLine: (line: string) => void | 'stop'): Promise<void> {
+/**
+ * Calls `onLine` for every line, the last one too when it has no newline.
+ * Returns why the log could not be read to its end (a truncated or corrupt
+ * `.gz`), or null; the lines before the damage have been given.
+ */
+async function readLines(log: string, onLine: (line: string) => void | 'stop'): Promise<string | null> {
   let stop = false;
   const splitter = new LineSplitter((line) => {
     if (!stop && onLine(line) === 'stop') stop = true;
@@ -106,8 +127,9 @@ async function readLines(log: string, onLine: (line: string) => void | 'stop'): 
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'Z_DATA_ERROR' || e.code === 'Z_BUF_ERROR' ? 'not valid gzip data' : e.message;
-    throw new RatedError('USAGE', `${log === '-' ? 'stdin' : log}: cannot read: ${why}`, { cause: err });
+    if (e.code !== 'Z_DATA_ERROR' && e.code !== 'Z_BUF_ERROR') throw new RatedError('USAGE', `${log === '-' ? 'stdin' : log}: cannot read: ${e.message}`, { cause: err });
+    // A cut line at the damage is not a line.
+    return e.code === 'Z_BUF_ERROR' ? 'unexpected end of gzip data' : 'invalid gzip data';
   } finally {
     if (raw !== process.stdin) raw.destroy();
   }
@@ -115,6 +137,7 @@ async function readLines(log: string, onLine: (line: string) => void | 'stop'): 
     const last = splitter.flush();
     if (last !== null && last !== '') onLine(last);
   }
+  return null;
 }
 
 /**
@@ -156,7 +179,8 @@ function summaryJson(s: ReplaySummary, seconds: number, logs: readonly string[])
   return {
     logs,
     lines: s.lines, rejected: s.rejected, rejectedByReason: s.rejectedByReason, ignored: s.ignored,
-    clients: s.clients, blocks: s.blocks, blockedClients: s.blockedClients, refused: s.refused, outOfOrder: s.outOfOrder,
+    clients: s.clients, blocks: s.blocks, blockedClients: s.blockedClients, refused: s.refused,
+    reordered: s.reordered, outOfOrder: s.outOfOrder,
     from: iso(s.from), to: iso(s.to),
     seconds: Math.round(seconds * 1000) / 1000,
     linesPerSecond: seconds > 0 ? Math.round(s.lines / seconds) : null,
@@ -192,6 +216,9 @@ function summaryText(s: ReplaySummary, seconds: number): string[] {
     const rate = seconds > 0 ? `, ${Math.round(s.lines / seconds)} lines/s` : '';
     lines.push(`log time ${time(s.from)} → ${time(s.to)}; replayed in ${seconds.toFixed(1)}s${rate}`);
   }
-  if (s.outOfOrder > 0) lines.push(`warning: ${s.outOfOrder} lines are more than a minute older than lines before them: give logs oldest first`);
+  if (s.reordered > 0) lines.push(`${plural(s.reordered, 'line')} counted at their own time though a later line came first (nginx writes a line when its request completes)`);
+  if (s.outOfOrder > 0) {
+    lines.push(`warning: ${plural(s.outOfOrder, 'line')} more than ${REORDER_MS / 60_000} minutes older than lines before them, not counted: give logs oldest first`);
+  }
   return lines;
 }
