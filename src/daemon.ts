@@ -392,6 +392,7 @@ export class Daemon implements ControlApi {
       trackedClients: this.limiter.tracked(),
       activeBlocks: this.blocker.size,
       droppedPackets: this.droppedPackets,
+      dropped: this.stats.dropped,
       firewall: {
         batches: this.stats.firewallBatches,
         elements: this.stats.firewallElements,
@@ -510,7 +511,9 @@ export class Daemon implements ControlApi {
     if (this.refreshing) return;
     this.refreshing = true;
     try {
-      this.droppedPackets = (await this.backend.check()).droppedPackets;
+      const check = await this.backend.check();
+      this.droppedPackets = check.droppedPackets;
+      this.stats.dropped = check.dropped ?? null;
     } finally {
       this.refreshing = false;
     }

@@ -1,5 +1,11 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** Traffic the firewall rules dropped, per family, from the rule counters. */
+export interface DroppedTotals {
+  readonly ipv4: { readonly packets: number; readonly bytes: number };
+  readonly ipv6: { readonly packets: number; readonly bytes: number };
+}
+
 /** A counter keyed by label values, incremented on hot paths as a plain number. */
 export class LabelledCount {
   readonly values = new Map<string, number>();
@@ -41,6 +47,8 @@ export class Metrics {
   firewallRefused = 0;
   driftRepairs = 0;
   redisUp: number | null = null;
+  /** What our rules dropped, per family, as last read from the firewall; null until read or without counters. */
+  dropped: DroppedTotals | null = null;
   /** Datagrams the kernel dropped on the UDP receiver's socket (receive buffer full), from /proc; null without UDP. */
   udpDrops: number | null = null;
   /** The UDP receiver's socket receive buffer as the kernel reports it, in bytes; null without UDP. */
@@ -87,6 +95,18 @@ export class Metrics {
     gauge('rated_active_blocks', 'Blocks in force.', gauges.activeBlocks);
     gauge('rated_tracked_clients', 'Clients with counters in memory.', gauges.trackedClients);
     gauge('rated_redis_up', 'Whether Redis is reachable (absent when Redis is not configured).', () => this.redisUp);
+    const read = (): DroppedTotals | null => this.dropped;
+    const dropped = (name: string, help: string, field: 'packets' | 'bytes'): void => {
+      new Counter({ name, help, labelNames: ['family'], registers: [r], collect() {
+        this.reset();
+        const d = read();
+        if (d === null) return;
+        this.inc({ family: 'ipv4' }, d.ipv4[field]);
+        this.inc({ family: 'ipv6' }, d.ipv6[field]);
+      } });
+    };
+    dropped('rated_dropped_packets_total', 'Packets our rules dropped, per family (the rule counters, read at every firewall check).', 'packets');
+    dropped('rated_dropped_bytes_total', 'Bytes our rules dropped, per family (the rule counters, read at every firewall check).', 'bytes');
     this.batchSeconds = new Histogram({
       name: 'rated_firewall_batch_seconds', help: 'Time to apply one firewall batch.', registers: [r],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],

@@ -1,4 +1,5 @@
 import type { Network } from '../address.js';
+import type { DroppedTotals } from '../metrics.js';
 
 export type BackendKind = 'nftables' | 'ipset' | 'iptables' | 'dry-run';
 
@@ -23,7 +24,11 @@ export interface StructureCheck {
   readonly intact: boolean;
   /** Packets dropped by our rules, when the backend counts them. */
   readonly droppedPackets: number | null;
+  /** Packets and bytes dropped by our rules, per family, when the backend counts them. */
+  readonly dropped?: DroppedTotals | null;
 }
+
+export type { DroppedTotals } from '../metrics.js';
 
 /**
  * A firewall backend. `add` and `delete` only queue; `commit` applies the

@@ -152,17 +152,17 @@ export class IpsetBackend implements Backend {
 
   async check(): Promise<StructureCheck> {
     let intact = true;
-    let dropped = 0;
+    const totals = { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } };
     for (const family of FAMILIES) {
       const header = await this.readHeader(family);
       if (header === null || !usable(family, header)) intact = false;
       const wanted = ['-A', this.anchor.chain, ...matchRule(this.options.table, family)].join(' ');
       const lines = await listTable(this.run, family, this.anchor.table, true, WHO, this.anchor.chain);
       const rule = lines.map(splitCounters).find((l) => l.rule === wanted);
-      if (rule) dropped += rule.packets;
+      if (rule) totals[family === 4 ? 'ipv4' : 'ipv6'] = { packets: rule.packets, bytes: rule.bytes };
       else intact = false;
     }
-    return { intact, droppedPackets: dropped };
+    return { intact, droppedPackets: totals.ipv4.packets + totals.ipv6.packets, dropped: totals };
   }
 
   add(net: Network, timeoutMs: number, replace: boolean): void {

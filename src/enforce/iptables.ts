@@ -115,14 +115,19 @@ export class IptablesBackend implements Backend {
 
   async check(): Promise<StructureCheck> {
     let intact = true;
-    let dropped = 0;
+    const totals = { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } };
     const jump = ['-A', this.anchor.chain, ...jumpRule(this.chain)].join(' ');
     for (const family of FAMILIES) {
       const lines = (await listTable(this.run, family, this.anchor.table, true, WHO)).map(splitCounters);
       if (!lines.some((l) => l.rule === `-N ${this.chain}`) || !lines.some((l) => l.rule === jump)) intact = false;
-      for (const l of lines) if (l.rule.startsWith(`-A ${this.chain} `) && l.rule.endsWith(' -j DROP')) dropped += l.packets;
+      const t = totals[family === 4 ? 'ipv4' : 'ipv6'];
+      for (const l of lines) {
+        if (!l.rule.startsWith(`-A ${this.chain} `) || !l.rule.endsWith(' -j DROP')) continue;
+        t.packets += l.packets;
+        t.bytes += l.bytes;
+      }
     }
-    return { intact, droppedPackets: dropped };
+    return { intact, droppedPackets: totals.ipv4.packets + totals.ipv6.packets, dropped: totals };
   }
 
   add(net: Network, timeoutMs: number, replace: boolean): void {

@@ -2,7 +2,7 @@ import { parseNetwork, type Network } from '../address.js';
 import { RatedError } from '../errors.js';
 import {
   applyBisecting, OpQueue, timeoutSeconds,
-  type Backend, type CommitResult, type KernelEntry, type Op, type StructureCheck,
+  type Backend, type CommitResult, type DroppedTotals, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
 import { CommandError, type Runner } from './run-command.js';
 
@@ -251,7 +251,8 @@ export class NftablesBackend implements Backend {
   async check(): Promise<StructureCheck> {
     const current = await this.readTable();
     if (current === null) return { intact: false, droppedPackets: null };
-    return { intact: this.structureMatches(current), droppedPackets: countDrops(current) };
+    const dropped = countDrops(current);
+    return { intact: this.structureMatches(current), droppedPackets: dropped.ipv4.packets + dropped.ipv6.packets, dropped };
   }
 
   add(net: Network, timeoutMs: number, replace: boolean): void {
@@ -355,17 +356,20 @@ function olderLayout(items: Json[]): boolean {
   });
 }
 
-function countDrops(items: Json[]): number {
-  let packets = 0;
+/** The totals of our rules' counters, per family: what every block together dropped. */
+function countDrops(items: Json[]): DroppedTotals {
+  const totals = { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } };
   for (const item of items) {
     const rule = item.rule as { chain?: string; expr?: Json[] } | undefined;
     if (rule?.chain !== CHAIN) continue;
+    const t = JSON.stringify(rule.expr ?? []).includes('"protocol":"ip6"') ? totals.ipv6 : totals.ipv4;
     for (const e of rule.expr ?? []) {
-      const counter = e.counter as { packets?: number } | undefined;
-      if (counter?.packets) packets += counter.packets;
+      const counter = e.counter as { packets?: number; bytes?: number } | undefined;
+      t.packets += counter?.packets ?? 0;
+      t.bytes += counter?.bytes ?? 0;
     }
   }
-  return packets;
+  return totals;
 }
 
 /** nft reports a full set as ENFILE, which reads like a process limit: say what it means. */

@@ -70,10 +70,10 @@ export async function listTable(run: Runner, family: Family, table: string, coun
 }
 
 /** Drops the `-c PACKETS BYTES` of a `-v -S` line and returns the line and its packet count. */
-export function splitCounters(line: string): { rule: string; packets: number } {
-  const m = / -c (\d+) \d+/.exec(line);
-  if (!m) return { rule: line, packets: 0 };
-  return { rule: line.slice(0, m.index) + line.slice(m.index + m[0].length), packets: Number(m[1]) };
+export function splitCounters(line: string): { rule: string; packets: number; bytes: number } {
+  const m = / -c (\d+) (\d+)/.exec(line);
+  if (!m) return { rule: line, packets: 0, bytes: 0 };
+  return { rule: line.slice(0, m.index) + line.slice(m.index + m[0].length), packets: Number(m[1]), bytes: Number(m[2]) };
 }
 
 /**

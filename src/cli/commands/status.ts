@@ -33,11 +33,20 @@ export async function status(args: GlobalArgs & { json?: boolean }): Promise<voi
     }
   }
   out(`tracked clients: ${String(s.trackedClients)}`);
-  out(`active blocks:   ${String(s.activeBlocks)}${s.droppedPackets === null ? '' : ` (${String(s.droppedPackets)} packets dropped)`}`);
+  out(`active blocks:   ${String(s.activeBlocks)}`);
+  out(`dropped:         ${droppedLine(s.dropped, s.droppedPackets)}`);
   out(`firewall:        ${fw.batches} batches, ${fw.elements} changes, ${fw.refused} refused, ${fw.driftRepairs} drift repairs`);
   out(`redis:           ${redisLine(s.redis)}`);
   out(`last errors:     ${errors.length === 0 ? 'none' : ''}`);
   for (const e of errors) out(`  ${e.at}  ${e.error}`);
+}
+
+/** The traffic the blocks dropped, per family, from the rule counters. */
+function droppedLine(dropped: unknown, packets: unknown): string {
+  const d = dropped as { ipv4?: { packets: number; bytes: number }; ipv6?: { packets: number; bytes: number } } | null | undefined;
+  if (!d?.ipv4 || !d.ipv6) return typeof packets === 'number' ? `${packets} packets` : 'not counted (yet)';
+  const one = (t: { packets: number; bytes: number }): string => `${t.packets} packets, ${t.bytes} bytes`;
+  return `IPv4 ${one(d.ipv4)}; IPv6 ${one(d.ipv6)}`;
 }
 
 /** One line for people: where Redis is, whether it answers, and what sharing did. */

@@ -134,7 +134,7 @@ test('ensure creates two hash:net sets with timeouts and one rule each at the to
   }
   assert.deepEqual((await input(ns, 'iptables')).slice(0, 2), ['-P INPUT ACCEPT', RULE4], 'the v4 rule is first in INPUT');
   assert.deepEqual((await input(ns, 'ip6tables')).slice(0, 2), ['-P INPUT ACCEPT', RULE6], 'the v6 rule is first in INPUT');
-  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0 });
+  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0, dropped: { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } } });
 
   backend.add(net('198.51.100.7'), 600_000, false);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });

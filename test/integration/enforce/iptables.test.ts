@@ -127,7 +127,7 @@ test('ensure creates our chain in iptables and ip6tables and one jump at the top
     assert.ok(all.includes('-N rated'), `${tool}: chain rated exists`);
     assert.deepEqual((await rules(ns, tool, 'INPUT')).slice(0, 2), ['-P INPUT ACCEPT', JUMP], `${tool}: the jump is first in INPUT`);
   }
-  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0 });
+  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0, dropped: { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } } });
 
   backend.add(net('198.51.100.7'), 600_000, false);
   backend.add(net('2001:db8:1::/64'), 600_000, false);

@@ -169,7 +169,7 @@ test('ensure creates our table, sets and chain; twice changes nothing; a foreign
   assert.deepEqual(rules.map((r) => r.chain), ['block', 'block', 'block', 'block']);
   assert.deepEqual(rules.map((r) => JSON.stringify(r.expr).match(/"@(v[46](net)?)"/)?.[1]), ['v4', 'v4net', 'v6', 'v6net']);
   assert.ok(rules.every((r) => r.expr.some((e) => 'drop' in e) && r.expr.some((e) => 'counter' in e)), 'every rule counts and drops');
-  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0 });
+  assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0, dropped: { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } } });
 
   backend.add(net('198.51.100.7'), 600_000, false);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
@@ -439,8 +439,11 @@ test('packets: a blocked peer can no longer ping; before the block and after lif
     assert.deepEqual((await kernelSet(ns, 'v6')).map((e) => e.val), ['2001:db8:ff::']);
     assert.equal(await ping('192.0.2.1'), false, 'IPv4 ping of a blocked peer fails');
     assert.equal(await ping('2001:db8:ff::1'), false, 'IPv6 ping of a peer whose /64 is blocked fails');
-    const dropped = (await backend.check()).droppedPackets ?? 0;
+    const check = await backend.check();
+    const dropped = check.droppedPackets ?? 0;
     assert.ok(dropped >= 2, `our rules counted the dropped echo requests (${dropped})`);
+    assert.ok((check.dropped?.ipv4.packets ?? 0) >= 1 && (check.dropped?.ipv4.bytes ?? 0) >= 84, `IPv4 totals: ${JSON.stringify(check.dropped)}`);
+    assert.ok((check.dropped?.ipv6.packets ?? 0) >= 1 && (check.dropped?.ipv6.bytes ?? 0) >= 104, `IPv6 totals: ${JSON.stringify(check.dropped)}`);
     const counted = (await backend.list()).filter((e) => (e.dropped?.packets ?? 0) > 0).map((e) => e.net.text).sort();
     assert.deepEqual(counted, ['192.0.2.2', '2001:db8:ff::/64'], 'each element counts what it dropped');
 
