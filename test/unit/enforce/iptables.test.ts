@@ -70,7 +70,7 @@ test('parseRules: IPv6 with counters', () => {
   const lines = ['-P INPUT ACCEPT -c 0 0', '-N rated', '-A INPUT -c 4 336 -j rated',
     '-A rated -s 2001:db8:1::/64 -c 3 252 -j DROP', '-A rated -s 2001:db8::1/128 -c 0 0 -j DROP'];
   assert.deepEqual([...parseRules(lines, 'rated', 6).keys()], ['2001:db8:1::/64', '2001:db8::1']);
-  assert.deepEqual(splitCounters('-A rated -s 2001:db8:1::/64 -c 3 252 -j DROP'), { rule: '-A rated -s 2001:db8:1::/64 -j DROP', packets: 3 });
+  assert.deepEqual(splitCounters('-A rated -s 2001:db8:1::/64 -c 3 252 -j DROP'), { rule: '-A rated -s 2001:db8:1::/64 -j DROP', packets: 3, bytes: 252 });
 });
 
 /** A fake iptables and iptables-restore over an in-memory chain per family (all-or-nothing like the real one). */
