@@ -98,6 +98,8 @@ export class RedisLink {
   private refusal: string | null = null;
   private refusalLogged = false;
   private probeTimer: NodeJS.Timeout | null = null;
+  /** Healthy probes in a row since the outage began. */
+  private healthyProbes = 0;
   private probing = false;
   private closed = false;
 
@@ -142,7 +144,12 @@ export class RedisLink {
       this.subscriber = new Redis(options);
     }
     this.commands = this.client as unknown as Commands;
-    this.client.on('ready', () => this.markUp());
+    // A cluster is "ready" as soon as its slot map is read, which a failover
+    // in progress does not prevent: there it is up only when it covers every slot.
+    this.client.on('ready', () => {
+      if (this.mode === 'standalone') this.markUp();
+      else this.confirmUp();
+    });
     this.client.on('close', () => {
       if (!this.closed) this.markDown(new Error(this.lastErrorText ?? 'connection closed'));
     });
@@ -326,25 +333,53 @@ export class RedisLink {
   /** While down, asks every master for a PING each second; all answering means up again. */
   private startProbe(): void {
     if (this.probeTimer || this.closed) return;
+    this.healthyProbes = 0;
     this.probeTimer = setInterval(() => {
       if (this.probing || this.upNow) return;
       this.probing = true;
       this.probe().then((ok) => {
         this.probing = false;
-        if (ok) this.markUp();
+        this.healthyProbes = ok ? this.healthyProbes + 1 : 0;
+        // A cluster whose lost master has just come back answers before its
+        // connections settle: two healthy probes a second apart, not one.
+        if (ok && (this.mode === 'standalone' || this.healthyProbes >= 2)) this.markUp();
       }, () => {
         this.probing = false;
+        this.healthyProbes = 0;
       });
     }, 1000);
     this.probeTimer.unref();
   }
 
+  /** A cluster that says it is ready: up once a probe finds every slot covered (after an outage, by the probe loop). */
+  private confirmUp(): void {
+    void this.probe().then((ok) => {
+      if (ok && !this.outageLogged) this.markUp();
+      else if (!ok) this.markDown(new Error(this.lastErrorText ?? 'Redis Cluster does not cover every slot'));
+      else this.startProbe();
+    });
+  }
+
+  /**
+   * Every known master answers, and in a cluster the cluster itself says
+   * `cluster_state:ok` (every slot has a master): during a failover the
+   * masters that answer may not hold the dead one's slots yet.
+   */
   private async probe(): Promise<boolean> {
     if (this.client.status !== 'ready') return false;
-    const targets: Array<{ ping(): Promise<string> }> = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    const masters = this.client instanceof Cluster ? this.client.nodes('master') : null;
+    const targets: Array<{ ping(): Promise<string> }> = masters ?? [this.client];
     if (targets.length === 0) return false;
     try {
       await this.bounded(() => Promise.all(targets.map((t) => t.ping())));
+      if (masters !== null) {
+        const states = await this.bounded(() => Promise.all(masters.map((m) => m.cluster('INFO') as Promise<string>)));
+        const failing = states.find((info) => !/^cluster_state:ok\r?$/m.test(info));
+        if (failing !== undefined) {
+          this.lastErrorText = `Redis Cluster state is ${/^cluster_state:(\w+)/m.exec(failing)?.[1] ?? 'unknown'}: a master's slots have no master yet`;
+          return false;
+        }
+      }
       return true;
     } catch (err) {
       this.noteError(err);
