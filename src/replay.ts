@@ -72,7 +72,6 @@ interface Pending {
   readonly hit: ParsedLine;
   readonly file: string;
   readonly line: number;
-  readonly seq: number;
 }
 
 /**
@@ -101,9 +100,13 @@ export class Replay {
   /** The latest time read so far. */
   private latest = -Infinity;
   private where = { file: '', line: 0 };
-  /** Lines read but not counted yet, earliest first (a binary heap on time, then on order read). */
-  private readonly pending: Pending[] = [];
-  private seq = 0;
+  /**
+   * Lines read but not counted yet, in time order (equal times in the order
+   * read), from `head` on. Logs are nearly sorted, so a late line is inserted
+   * close to the end, and the earliest leave from the front.
+   */
+  private pending: Pending[] = [];
+  private head = 0;
 
   constructor(options: ReplayOptions) {
     const c = options.config;
@@ -157,8 +160,31 @@ export class Replay {
     }
     if (hit.time < this.latest) s.reordered++;
     else this.latest = hit.time;
-    push(this.pending, { hit, file, line, seq: this.seq++ });
-    while (this.pending.length > 0 && (this.pending[0] as Pending).hit.time <= this.latest - REORDER_MS) this.count(pop(this.pending));
+    this.insert({ hit, file, line });
+    const due = this.latest - REORDER_MS;
+    while (this.head < this.pending.length && (this.pending[this.head] as Pending).hit.time <= due) this.count(this.pending[this.head++] as Pending);
+    if (this.head > 65_536 && this.head * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Puts a line after every pending line of the same or an earlier time. */
+  private insert(p: Pending): void {
+    const list = this.pending;
+    const last = list[list.length - 1];
+    if (list.length === this.head || (last !== undefined && last.hit.time <= p.hit.time)) {
+      list.push(p);
+      return;
+    }
+    let lo = this.head;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((list[mid] as Pending).hit.time <= p.hit.time) lo = mid + 1;
+      else hi = mid;
+    }
+    list.splice(lo, 0, p);
   }
 
   /** Counts one line at its own time. */
@@ -177,7 +203,7 @@ export class Replay {
 
   /** Counts the lines still waiting, then finishes the counts of the summary. */
   finish(): { blocks: ReplayBlock[]; summary: ReplaySummary } {
-    while (this.pending.length > 0) this.count(pop(this.pending));
+    while (this.head < this.pending.length) this.count(this.pending[this.head++] as Pending);
     this.summary.clients = this.seen.size;
     this.summary.blocks = this.blocks.length;
     this.summary.blockedClients = this.blocked.size;
@@ -189,37 +215,3 @@ export class Replay {
   }
 }
 
-function before(a: Pending, b: Pending): boolean {
-  return a.hit.time < b.hit.time || (a.hit.time === b.hit.time && a.seq < b.seq);
-}
-
-function push(heap: Pending[], item: Pending): void {
-  heap.push(item);
-  let i = heap.length - 1;
-  while (i > 0) {
-    const parent = (i - 1) >> 1;
-    if (!before(heap[i] as Pending, heap[parent] as Pending)) break;
-    [heap[i], heap[parent]] = [heap[parent] as Pending, heap[i] as Pending];
-    i = parent;
-  }
-}
-
-function pop(heap: Pending[]): Pending {
-  const top = heap[0] as Pending;
-  const last = heap.pop() as Pending;
-  if (heap.length > 0) {
-    heap[0] = last;
-    let i = 0;
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let m = i;
-      if (l < heap.length && before(heap[l] as Pending, heap[m] as Pending)) m = l;
-      if (r < heap.length && before(heap[r] as Pending, heap[m] as Pending)) m = r;
-      if (m === i) break;
-      [heap[i], heap[m]] = [heap[m] as Pending, heap[i] as Pending];
-      i = m;
-    }
-  }
-  return top;
-}
