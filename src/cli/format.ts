@@ -28,6 +28,13 @@ export function printable(text: string): string {
   return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
+/** Bytes for people: `720 B`, `1.4 KiB`, `3.2 MiB`. */
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
 /** Renders blocks as a table for people. */
 export function blocksTable(blocks: readonly BlockView[], now = Date.now()): string {
   if (blocks.length === 0) return 'No active blocks.';
@@ -38,9 +45,10 @@ export function blocksTable(blocks: readonly BlockView[], now = Date.now()): str
     b.hits === null ? '-' : String(b.hits),
     time(b.since),
     b.expires === null ? 'never' : `${time(b.expires)} (${remaining(Date.parse(b.expires) - now)})`,
+    b.dropped ? `${b.dropped.packets} pkts ${bytes(b.dropped.bytes)}` : '-',
     b.reason ?? '-',
   ].map(printable));
-  const header = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'REASON'];
+  const header = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'DROPPED', 'REASON'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
   return [line(header), ...rows.map(line), '', `${blocks.length} active block${blocks.length === 1 ? '' : 's'}`].join('\n');

@@ -3,7 +3,8 @@ import type { BlockView } from '../enforce/blocker.js';
 /** What the control socket exposes; the daemon implements it. */
 export interface ControlApi {
   status(): Promise<Record<string, unknown>>;
-  blocks(): BlockView[];
+  /** The active blocks, each with what its kernel element dropped (read from the kernel now). */
+  blocks(): Promise<BlockView[]>;
   /** Throws a RatedError (USAGE for bad input, REFUSED for allow-listed addresses). */
   block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }>;
   unblock(ip: string): Promise<BlockView | null>;

@@ -62,7 +62,7 @@ export class ControlServer {
       return;
     }
     if (path === '/blocks') {
-      if (method === 'GET') return send(res, 200, this.api.blocks());
+      if (method === 'GET') return send(res, 200, await this.api.blocks());
       if (method === 'POST') {
         const body = await readJson(req);
         const ip = body.ip;

@@ -28,6 +28,8 @@ export interface BlockView {
   since: string | null;
   expires: string | null;
   hits: number | null;
+  /** What its kernel element dropped, when read from the kernel (`rated list`); null when not known. */
+  dropped: { packets: number; bytes: number } | null;
 }
 
 /** A decision to block. */
@@ -74,8 +76,8 @@ export interface BlockerOptions {
   readonly reconciledBlockMs?: number;
 }
 
-/** Renders a block as SPEC §6 JSON. */
-export function viewBlock(b: Block): BlockView {
+/** Renders a block as SPEC §6 JSON, with what its element dropped when that was read. */
+export function viewBlock(b: Block, dropped: { packets: number; bytes: number } | null = null): BlockView {
   return {
     ip: b.net.text,
     rule: b.rule,
@@ -84,6 +86,7 @@ export function viewBlock(b: Block): BlockView {
     since: b.since === null ? null : new Date(b.since).toISOString(),
     expires: b.expires === null ? null : new Date(b.expires).toISOString(),
     hits: b.hits,
+    dropped,
   };
 }
 

@@ -31,7 +31,7 @@ const URL6 = `http://[${NET.srv6}]/`;
 const URL_OK = `http://${NET.srvOk4}/`;
 
 interface NftElem { val: unknown; timeout?: number; expires?: number }
-interface BlockJson { ip: string; rule: string | null; reason: string | null; source: string; since: string | null; expires: string | null; hits: number | null }
+interface BlockJson { ip: string; rule: string | null; reason: string | null; source: string; since: string | null; expires: string | null; hits: number | null; dropped: { packets: number; bytes: number } | null }
 
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/;
 
@@ -207,9 +207,13 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
     assert.ok(Math.abs(length - RULE.blockSeconds * 1000) < 1500, `since → expires is the block time, got ${length} ms`);
     assert.equal(typeof b.reason, 'string');
     assert.ok(!blocks.some((x) => x.ip === NET.ok4), 'the allow-listed client is not listed');
+    // The offender's dropped connection attempts, counted by its own element.
+    assert.ok(b.dropped !== null && b.dropped.packets >= 1 && b.dropped.bytes >= 40, `what the block dropped: ${JSON.stringify(b.dropped)}`);
 
     assert.equal(table.code, 0, table.stderr);
     assert.ok(table.stdout.includes(NET.bad4), `the table names ${NET.bad4}:\n${table.stdout}`);
+    assert.match(table.stdout, /\bDROPPED\b/, 'the table has a DROPPED column');
+    assert.match(table.stdout.split('\n').find((l) => l.startsWith(NET.bad4)) ?? '', /\b[1-9]\d* pkts \d+(\.\d)? (B|KiB|MiB)\b/);
   });
 
   test('after the block time the element is gone and the client gets 200 again', async () => {

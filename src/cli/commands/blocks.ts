@@ -13,7 +13,7 @@ export async function list(args: GlobalArgs & { json?: boolean }): Promise<void>
     async () => (await api(args, 'GET', '/blocks')).body as BlockView[],
     async (backend) => (await backend.list()).map((e) => ({
       ip: e.net.text, rule: null, reason: null, source: 'reconciled' as const, since: null,
-      expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null,
+      expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null, dropped: e.dropped ?? null,
     })),
   );
   out(args.json ? JSON.stringify(blocks, null, 2) : blocksTable(blocks));
