@@ -100,7 +100,7 @@ export class Daemon implements ControlApi {
       backend: this.backend,
       // Every block, whatever its source, first reads this host's addresses again (at most once a second).
       isAllowed: (net) => {
-        this.allow.refreshSelf(1000);
+        this.followOwn(1000);
         return this.allow.has(net);
       },
       log: this.log,
@@ -121,8 +121,6 @@ export class Daemon implements ControlApi {
       isBlocked: (client) => this.blocker.has(client),
       onCount: c.redis ? (client, rule, at) => this.redis?.count(client, rule, at) : undefined,
       onVerdict: (v) => {
-        // A new address of this host (a VIP, a failover address) is never blocked: read them again, at most once a second.
-        this.liftOwn(this.allow.refreshSelf(1000));
         try {
           const outcome = this.blocker.block({
             net: v.client, durationMs: v.blockMs, source: 'rule', rule: v.rule,
@@ -418,7 +416,7 @@ export class Daemon implements ControlApi {
 
   async block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }> {
     const net = parseBlockTarget(input.ip);
-    this.allow.refreshSelf(1000);
+    this.followOwn(1000);
     if (this.allow.has(net)) {
       throw new RatedError('REFUSED', `${net.text} is allow-listed (allow, allowSelf) and is never blocked`);
     }
@@ -464,7 +462,7 @@ export class Daemon implements ControlApi {
   /** Checks our firewall state now and repairs it (SIGHUP); one check at a time, none before start or while stopping. */
   repairNow(): Promise<void> {
     if (!this.started || this.stopping) return Promise.resolve();
-    this.liftOwn(this.allow.refreshSelf());
+    this.followOwn(0);
     this.repairing ??= this.blocker.repair().finally(() => {
       this.repairing = null;
     });
@@ -480,15 +478,25 @@ export class Daemon implements ControlApi {
     const child = spawn('ip', ['-o', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'ignore'] });
     this.addressMonitor = child;
     child.on('error', (err) => this.log.debug({ err: describe(err) }, 'cannot follow address changes; checking them at every firewall check'));
-    child.stdout.on('data', () => this.liftOwn(this.allow.refreshSelf()));
+    child.stdout.on('data', () => this.followOwn(0));
     // Neither the process nor its pipe keeps the daemon from exiting.
     child.unref();
     (child.stdout as unknown as { unref?: () => void }).unref?.();
   }
 
+  /**
+   * Reads this host's addresses again unless the last read is younger than
+   * `maxAgeMs`. A new one (a VIP, a failover address) is allowed from now on,
+   * and blocks that hold it are lifted once the caller is done: a read may
+   * come from inside a block decision.
+   */
+  private followOwn(maxAgeMs: number): void {
+    const added = this.allow.refreshSelf(maxAgeMs);
+    if (added.length > 0) queueMicrotask(() => this.liftOwn(added));
+  }
+
   /** Lifts every block that holds one of these addresses of this host, just found on an interface. */
   private liftOwn(added: readonly Network[]): void {
-    if (added.length === 0) return;
     this.log.info({ addresses: added.map((n) => n.text) }, "new addresses of this host; they are never blocked (allowSelf)");
     for (const b of this.blocker.list()) {
       if (!added.some((a) => contains(b.net, a))) continue;
