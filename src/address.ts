@@ -137,9 +137,22 @@ export function ipv4(v4: number): Network {
  * behind the translator, so it stands for itself: its /64 holds every IPv4
  * client of the translator at once.
  */
-export function clientOf(addr: Network, ipv6Prefix: number): Network {
+export function clientKey(addr: Network, ipv6Prefix: number): Network {
   if (addr.family === 4 || contains(NAT64, addr)) return addr;
   return toNetwork(addr, ipv6Prefix);
+}
+
+/**
+ * True for a loopback address (127.0.0.0/8, ::1, and 127/8 mapped into IPv6),
+ * in any spelling. Sockets report their peers in canonical form, which the
+ * first test answers without parsing.
+ */
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  if (address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1') return true;
+  const n = parseAddress(address) ?? parseNetwork(address);
+  if (!n || n.prefix !== (n.family === 4 ? 32 : 128)) return false;
+  return n.family === 4 ? n.value >> 24n === 127n : n.value === 1n;
 }
 
 /**

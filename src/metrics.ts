@@ -47,6 +47,8 @@ export class Metrics {
   firewallRefused = 0;
   driftRepairs = 0;
   redisUp: number | null = null;
+  /** Packets our rules dropped, as last read from the firewall; null until read or without counters. */
+  droppedPackets: number | null = null;
   /** What our rules dropped, per family, as last read from the firewall; null until read or without counters. */
   dropped: DroppedTotals | null = null;
   /** Datagrams the kernel dropped on the UDP receiver's socket (receive buffer full), from /proc; null without UDP. */

@@ -1,5 +1,6 @@
-import { clientOf } from './address.js';
+import { clientKey } from './address.js';
 import type { Config } from './config/schema.js';
+import { limiterOptions } from './config/limits.js';
 import { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { LineParser, type ParsedLine } from './receive/line.js';
@@ -113,13 +114,9 @@ export class Replay {
     this.parser = new LineParser({ pattern: options.pattern, time: true });
     this.allow = AllowList.fromConfig([...c.allow], options.allowSelf === true);
     this.ipv6Prefix = c.ipv6Prefix;
-    // The same options the daemon gives its Limiter (daemon.ts).
     this.limiter = new Limiter({
-      rules: c.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })),
+      ...limiterOptions(c),
       allow: this.allow,
-      ipv6Prefix: c.ipv6Prefix,
-      maxClients: c.tracking.maxClients,
-      escalation: { factor: c.escalation.factor, maxMs: c.escalation.max, memoryMs: c.escalation.memory },
       isBlocked: (client) => (this.active.get(client.text) ?? -Infinity) > this.clock,
       onVerdict: (v) => {
         if (this.allow.has(v.client)) {
@@ -194,7 +191,7 @@ export class Replay {
     this.clock = hit.time;
     s.from ??= hit.time;
     s.to = hit.time;
-    this.seen.add(clientOf(hit.ip, this.ipv6Prefix).text);
+    this.seen.add(clientKey(hit.ip, this.ipv6Prefix).text);
     this.where = { file: p.file, line: p.line };
     const outcome = this.limiter.record({ ip: hit.ip, method: hit.method, status: hit.status, host: hit.host, uri: hit.uri, at: hit.time });
     if (outcome === 'allowed') s.ignored++;

@@ -1,11 +1,9 @@
 import { existsSync } from 'node:fs';
-import { contains, parseNetwork, type Network } from '../address.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { callApi, apiError, DaemonDown, type ApiResponse } from '../control/client.js';
 import { userSocketPath } from '../control/user-socket.js';
 import { RatedError } from '../errors.js';
-import { createRunner, selectBackend, type Backend, type Block } from '../enforce/index.js';
-import { Journal } from '../state/journal.js';
+import type { Config } from '../config/schema.js';
 
 /** Options every command accepts. */
 export interface GlobalArgs {
@@ -13,9 +11,13 @@ export interface GlobalArgs {
   socket?: string;
 }
 
-/** Loads the configuration the way `run` would. */
+const loaded = new WeakMap<GlobalArgs, LoadedConfig>();
+
+/** The configuration as `run` would load it, read once per command. */
 export function configOf(args: GlobalArgs): LoadedConfig {
-  return loadConfig(args.config);
+  let config = loaded.get(args);
+  if (!config) loaded.set(args, (config = loadConfig(args.config)));
+  return config;
 }
 
 /** The control socket: `--socket`, else the configured one. */
@@ -50,41 +52,21 @@ async function callDaemon(args: GlobalArgs, method: string, path: string, body?:
   }
 }
 
-/** Runs `withDaemon`, or `withoutDaemon` on the firewall directly when the daemon is down. */
+/**
+ * Runs `withDaemon`, or when the daemon is down `withoutDaemon` with the
+ * configuration, which it acts on through `offline()` or the backend.
+ */
 export async function daemonOrKernel<T>(
   args: GlobalArgs,
   withDaemon: () => Promise<T>,
-  withoutDaemon: (backend: Backend) => Promise<T>,
+  withoutDaemon: (config: Config) => Promise<T>,
 ): Promise<T> {
   try {
     return await withDaemon();
   } catch (err) {
     if (!(err instanceof DaemonDown)) throw err;
   }
-  const { config } = configOf(args);
-  const backend = await selectBackend(config.firewall, createRunner(), false, config.ipv6Prefix);
-  return withoutDaemon(backend);
-}
-
-/**
- * Removes blocks from the journal while the daemon is down, so that the next
- * start does not put back what the operator lifted.
- */
-export function forgetInJournal(args: GlobalArgs, drop: (b: Block) => boolean, target: Network | null = null): number {
-  const journal = new Journal(configOf(args).config.state.dir);
-  // A corrupt journal stays where it is: the daemon moves it aside, and says so, when it starts.
-  const state = journal.load(false);
-  const kept = state.blocks.filter((b) => !drop(b));
-  const removed = state.blocks.length - kept.length;
-  // Like the daemon, forget the repeat-offence history of every client whose block is lifted.
-  const lifted = state.blocks.filter(drop).map((b) => b.net);
-  if (target) lifted.push(target);
-  const offences = state.offences.filter(([key]) => {
-    const client = parseNetwork(key);
-    return client === null || !lifted.some((n) => contains(n, client));
-  });
-  if (removed > 0 || offences.length < state.offences.length) journal.save({ blocks: kept, offences });
-  return removed;
+  return withoutDaemon(configOf(args).config);
 }
 
 /** Writes one line to stdout. */

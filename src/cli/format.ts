@@ -1,4 +1,4 @@
-import type { BlockView } from '../enforce/index.js';
+import type { BlockView } from '../block.js';
 
 /** Formats a remaining time compactly: `5h59m`, `42s`. */
 export function remaining(ms: number): string {

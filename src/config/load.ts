@@ -2,7 +2,8 @@ import { fstatSync, closeSync, openSync, readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { parseNetwork } from '../address.js';
+import { isLoopback } from '../address.js';
+import { limiterRules } from './limits.js';
 import { configError } from '../errors.js';
 import { compileRules } from '../limit/rules.js';
 import { compilePattern } from '../receive/line.js';
@@ -126,18 +127,13 @@ function crossCheck(config: Config): void {
     if (!isAbsolute(path)) throw configError(`receivers.files[${i}]`, `expected an absolute path, got ${JSON.stringify(path)}`);
   });
   try {
-    compileRules(config.rules.map((r) => ({ name: r.name, match: r.match, limit: r.limit, windowMs: r.window, blockMs: r.block })));
+    compileRules(limiterRules(config));
   } catch (err) {
     throw configError('rules', (err as Error).message);
   }
   if (config.redis?.prefix === '') throw configError('redis.prefix', 'must not be empty');
 }
 
-function isLoopback(address: string): boolean {
-  const n = parseNetwork(address);
-  if (!n) return false;
-  return n.family === 4 ? (n.value >> 24n) === 127n : n.value === 1n;
-}
 
 function issuePath(issue: z.core.$ZodIssue): PropertyKey[] {
   if (issue.code === 'unrecognized_keys' && issue.keys.length > 0) return [...issue.path, issue.keys[0] ?? ''];

@@ -1,4 +1,4 @@
-import type { BlockView } from '../enforce/blocker.js';
+import type { BlockView } from '../block.js';
 
 /** What the control socket exposes; the daemon implements it. */
 export interface ControlApi {

@@ -5,6 +5,7 @@ import { dirname } from 'node:path';
 import { describe, RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ControlApi } from './api.js';
+import { isPermissionError, preparePrivateDir, userSocketPath } from './user-socket.js';
 
 const MAX_BODY = 64 * 1024;
 /** How much of an oversized body is read and dropped so that the 413 reaches the client. */
@@ -162,4 +163,27 @@ export function isAlive(path: string): Promise<boolean> {
     });
     socket.once('error', () => resolve(false));
   });
+}
+
+/**
+ * Binds the control socket. A dry run by an ordinary user, who may not create
+ * the configured one (under /run), uses the user's own socket instead
+ * (`fallback`); the CLI looks there too. Returns the server and where it listens.
+ */
+export async function listenControl(
+  configured: string, api: ControlApi, log: Logger, fallback: boolean,
+): Promise<{ server: ControlServer; socket: string }> {
+  try {
+    const server = new ControlServer(configured, api, log);
+    await server.listen();
+    return { server, socket: configured };
+  } catch (err) {
+    const own = fallback ? userSocketPath() : null;
+    if (own === null || own === configured || !isPermissionError(err)) throw err;
+    preparePrivateDir(own);
+    const server = new ControlServer(own, api, log);
+    await server.listen();
+    log.warn({ configured, control: own, err: describe(err) }, 'a dry run without root uses its own control socket; rated commands find it');
+    return { server, socket: own };
+  }
 }

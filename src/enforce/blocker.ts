@@ -4,33 +4,8 @@ import { formatDuration, formatSpan } from '../duration.js';
 import { describe, RatedError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { viewBlock, type Block, type BlockView, type Dropped, type Source } from '../block.js';
 import type { Backend, KernelEntry } from './backend.js';
-
-export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled';
-
-/** One active block. Times are wall-clock milliseconds; null where unknown. */
-export interface Block {
-  readonly net: Network;
-  rule: string | null;
-  reason: string | null;
-  source: Source;
-  since: number | null;
-  expires: number | null;
-  hits: number | null;
-}
-
-/** The JSON shape of a block (SPEC §6). */
-export interface BlockView {
-  ip: string;
-  rule: string | null;
-  reason: string | null;
-  source: Source;
-  since: string | null;
-  expires: string | null;
-  hits: number | null;
-  /** What its kernel element dropped, when read from the kernel (`rated list`); null when not known. */
-  dropped: { packets: number; bytes: number } | null;
-}
 
 /** A decision to block. */
 export interface BlockRequest {
@@ -74,20 +49,6 @@ export interface BlockerOptions {
    * expiry for it (iptables rules); without it such a block never ends.
    */
   readonly reconciledBlockMs?: number;
-}
-
-/** Renders a block as SPEC §6 JSON, with what its element dropped when that was read. */
-export function viewBlock(b: Block, dropped: { packets: number; bytes: number } | null = null): BlockView {
-  return {
-    ip: b.net.text,
-    rule: b.rule,
-    reason: b.reason,
-    source: b.source,
-    since: b.since === null ? null : new Date(b.since).toISOString(),
-    expires: b.expires === null ? null : new Date(b.expires).toISOString(),
-    hits: b.hits,
-    dropped,
-  };
 }
 
 /**
@@ -160,6 +121,21 @@ export class Blocker {
   /** The active blocks, soonest expiry last. */
   list(): Block[] {
     return [...this.blocks.values()].sort((a, b) => (b.expires ?? Infinity) - (a.expires ?? Infinity));
+  }
+
+  /**
+   * The active blocks as SPEC §6 shows them, each with what its kernel
+   * element dropped. The per-element counters are read only here: at
+   * 1,000,000 elements that read is slow, and nothing else needs them.
+   */
+  async views(): Promise<BlockView[]> {
+    const dropped = new Map<string, Dropped>();
+    try {
+      for (const e of await this.backend.list()) if (e.dropped) dropped.set(e.net.text, e.dropped);
+    } catch (err) {
+      this.log.warn({ err: describe(err) }, 'cannot read what each block dropped; listing without it');
+    }
+    return this.list().map((b) => viewBlock(b, dropped.get(b.net.text) ?? null));
   }
 
   /**
@@ -359,6 +335,8 @@ export class Blocker {
     return this.serialize(async () => {
       try {
         const check = await this.backend.check();
+        this.metrics.droppedPackets = check.droppedPackets;
+        this.metrics.dropped = check.dropped ?? null;
         if (!check.intact) {
           await this.backend.ensure();
           const r = await this.resyncNow(true);

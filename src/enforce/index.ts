@@ -8,7 +8,7 @@ import { NftablesBackend } from './nftables.js';
 import type { Runner } from './run-command.js';
 
 export type { Backend, BackendKind, KernelEntry } from './backend.js';
-export { Blocker, viewBlock, type Block, type BlockView, type BlockRequest, type Source } from './blocker.js';
+export { Blocker, type BlockRequest } from './blocker.js';
 export { createRunner, type Runner } from './run-command.js';
 
 /** Builds one backend of the given kind. */

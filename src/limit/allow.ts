@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { networkInterfaces } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseAddress, parseNetwork, type Network } from '../address.js';
@@ -116,4 +117,20 @@ function ownAddresses(): Network[] {
     }
   }
   return out;
+}
+
+/**
+ * Calls `onChange` whenever the kernel reports an address change
+ * (`ip -o monitor address`), so a new VIP is allowed before anyone can be
+ * blocked for it. Without `ip` nothing is reported, and the periodic check
+ * and SIGHUP still read the addresses. Returns the function that stops it.
+ */
+export function watchAddresses(onChange: () => void): () => void {
+  const child = spawn('ip', ['-o', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  child.on('error', () => undefined);
+  child.stdout.on('data', onChange);
+  // Neither the process nor its pipe keeps the daemon from exiting.
+  child.unref();
+  (child.stdout as unknown as { unref?: () => void }).unref?.();
+  return () => child.kill();
 }

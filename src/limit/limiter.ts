@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { clientOf, contains, ipv4, parseNetwork, toNetwork, type Network } from '../address.js';
+import { clientKey, contains, ipv4, parseNetwork, toNetwork, type Network } from '../address.js';
 import { blockDuration, nextOffence, remembered, type Escalation, type Offence } from './escalation.js';
 import { compileRules, matches, type CompiledRule, type Hit, type Rule } from './rules.js';
 import { add } from './sliding-window.js';
@@ -152,7 +152,7 @@ export class Limiter {
    */
   record(hit: Hit): RecordOutcome {
     if (this.allow.has(hit.ip)) return 'allowed';
-    let client = clientOf(hit.ip, this.ipv6Prefix);
+    let client = clientKey(hit.ip, this.ipv6Prefix);
     // An IPv6 network that holds an allowed address (this host's own /64, say)
     // is never blocked as a whole: its clients are counted one address each.
     if (client !== hit.ip && this.allow.has(client)) client = hit.ip;

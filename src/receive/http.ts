@@ -5,7 +5,7 @@ import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { timingSafeEqual } from 'node:crypto';
-import { parseAddress } from '../address.js';
+import { isLoopback, parseAddress } from '../address.js';
 import { RatedError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -272,10 +272,6 @@ export class HttpReceiver {
   }
 }
 
-function isLoopback(address: string | undefined): boolean {
-  if (address === undefined) return false;
-  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
-}
 
 /** Makes the socket's directory and removes a stale socket file; a live one means another process listens there. */
 async function prepareSocket(path: string): Promise<void> {

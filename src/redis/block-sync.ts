@@ -1,5 +1,6 @@
 import type { Network } from '../address.js';
-import type { Block, BlockRequest } from '../enforce/index.js';
+import type { Block } from '../block.js';
+import type { BlockRequest } from '../enforce/index.js';
 import { describe } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import { script, type RedisLink, type Script } from './connection.js';

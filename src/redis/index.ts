@@ -3,7 +3,9 @@ import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { Network } from '../address.js';
 import { MAX_DURATION_MS } from '../duration.js';
-import type { Block } from '../enforce/index.js';
+import { parseBlockTarget, type Block } from '../block.js';
+import type { Config } from '../config/schema.js';
+import { WindowSpec } from '../limit/sliding-window.js';
 import type { StoreRule } from '../limit/counter-store.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -140,4 +142,37 @@ export class RedisSharing {
     await this.counter.close();
     await this.link.close();
   }
+}
+
+/**
+ * Starts sharing as configured (`redis:`) and waits for the first sync of
+ * blocks, unless Redis is away: a node that starts enforces the shared
+ * blocks at once.
+ */
+export async function startSharing(c: Config, parts: {
+  readonly local: LocalBlocks;
+  readonly isAllowed: (net: Network) => boolean;
+  readonly limiter: { convictShared(client: Network, rule: number, hits: number): void };
+  readonly log: Logger;
+  readonly metrics: Metrics;
+}): Promise<RedisSharing> {
+  const config = c.redis as RedisConfig;
+  const sharing = new RedisSharing({
+    config,
+    rules: c.rules.map((r) => ({ name: r.name, limit: r.limit, window: new WindowSpec(r.window), blockMs: r.block })),
+    local: parts.local,
+    parseTarget: (text) => {
+      try {
+        return parseBlockTarget(text);
+      } catch {
+        return null;
+      }
+    },
+    isAllowed: parts.isAllowed,
+    convict: (client, rule, hits) => parts.limiter.convictShared(client, rule, hits),
+    log: parts.log,
+    metrics: parts.metrics,
+  });
+  await sharing.start(Math.max(2000, config.timeout * 4));
+  return sharing;
 }

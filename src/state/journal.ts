@@ -4,11 +4,10 @@ import {
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { parseNetwork } from '../address.js';
-import type { Block, Source } from '../enforce/index.js';
+import { SOURCES, type Block, type Source } from '../block.js';
 import { RatedError } from '../errors.js';
 
 const VERSION = 1;
-const SOURCES = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled']);
 
 /** The largest journal read; a longer one is moved aside (1,000,000 blocks take about 180 MB). */
 export const MAX_JOURNAL_BYTES = 400 * 1024 * 1024;

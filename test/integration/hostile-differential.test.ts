@@ -12,7 +12,7 @@ import { connect } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import fc from 'fast-check';
 import { Address4, Address6 } from 'ip-address';
-import { clientOf, parseAddress, parseNetwork, type Network } from '../../src/address.js';
+import { clientKey, parseAddress, parseNetwork, type Network } from '../../src/address.js';
 import type { Op } from '../../src/enforce/backend.js';
 import { Blocker } from '../../src/enforce/blocker.js';
 import { NftablesBackend, renderOps, renderStructure, type NftOptions } from '../../src/enforce/nftables.js';
@@ -110,7 +110,7 @@ test('every address the validator accepts, nft accepts in check mode and stores 
   // IPv6 clients are blocked by their /64: those prefixes too.
   const clients = new Map<string, Network>();
   for (const a of addresses) {
-    const c = clientOf(a, 64);
+    const c = clientKey(a, 64);
     clients.set(c.text, c);
   }
   assert.deepEqual(await roundTrip(n, [...clients.values()]), [...clients.values()].map(key).sort(), 'nft holds exactly the client networks');
@@ -185,7 +185,7 @@ test('a rejected string never reaches a firewall command: the pipeline\'s nft in
       }
       assert.deepEqual(codes, net ? [204, 204] : [400], `${JSON.stringify(s)} → ${net?.text ?? 'refused'}`);
       if (net && !allow.has(net)) {
-        const client = clientOf(net, 64);
+        const client = clientKey(net, 64);
         expectedClients.add(allow.has(client) ? net.text : client.text);
       }
     });

@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SocketAddress } from 'node:net';
 import fc from 'fast-check';
-import { clientOf, contains, ipv4, neverAClient, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
+import { clientKey, contains, ipv4, neverAClient, overlaps, parseAddress, parseNetwork, toNetwork, type Network } from '../../src/address.js';
 
 function address(text: string): Network {
   const n = parseAddress(text);
@@ -420,14 +420,14 @@ describe('contains and overlaps', () => {
   }
 });
 
-describe('clientOf', () => {
+describe('clientKey', () => {
   test('keeps IPv4 as is and aggregates IPv6', () => {
     const v4 = address('192.0.2.1');
-    assert.equal(clientOf(v4, 64), v4);
-    assert.equal(clientOf(address('2001:db8::1'), 64).text, '2001:db8::/64');
-    assert.equal(clientOf(address('2001:db8:0:0:ffff::1'), 48).text, '2001:db8::/48');
+    assert.equal(clientKey(v4, 64), v4);
+    assert.equal(clientKey(address('2001:db8::1'), 64).text, '2001:db8::/64');
+    assert.equal(clientKey(address('2001:db8:0:0:ffff::1'), 48).text, '2001:db8::/48');
     const v6 = address('2001:db8::1');
-    assert.equal(clientOf(v6, 128), v6);
+    assert.equal(clientKey(v6, 128), v6);
   });
 });
 
@@ -450,8 +450,8 @@ test('special-purpose ranges are never a client, as an address or inside a netwo
 test('a NAT64 client is counted as its own address, other IPv6 clients as their network', () => {
   const nat64 = parseAddress('64:ff9b::c000:201');
   assert.ok(nat64);
-  assert.equal(clientOf(nat64, 64).text, '64:ff9b::c000:201');
+  assert.equal(clientKey(nat64, 64).text, '64:ff9b::c000:201');
   const plain = parseAddress('2001:db8::1');
   assert.ok(plain);
-  assert.equal(clientOf(plain, 64).text, '2001:db8::/64');
+  assert.equal(clientKey(plain, 64).text, '2001:db8::/64');
 });

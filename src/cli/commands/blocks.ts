@@ -1,9 +1,8 @@
 import { createInterface } from 'node:readline/promises';
-import { clientOf } from '../../address.js';
-import { parseBlockTarget } from '../../daemon.js';
+import { parseBlockTarget, type BlockView } from '../../block.js';
 import { RatedError } from '../../errors.js';
-import type { BlockView } from '../../enforce/index.js';
-import { api, configOf, daemonOrKernel, forgetInJournal, out, type GlobalArgs } from '../context.js';
+import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
+import { kernelOf, offline } from '../offline.js';
 import { blocksTable } from '../format.js';
 
 /** `rated list`: active blocks, from the daemon or, when it is down, from the kernel. */
@@ -11,7 +10,7 @@ export async function list(args: GlobalArgs & { json?: boolean }): Promise<void>
   const blocks = await daemonOrKernel<BlockView[]>(
     args,
     async () => (await api(args, 'GET', '/blocks')).body as BlockView[],
-    async (backend) => (await backend.list()).map((e) => ({
+    async (config) => (await kernelOf(config).then((backend) => backend.list())).map((e) => ({
       ip: e.net.text, rule: null, reason: null, source: 'reconciled' as const, since: null,
       expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null, dropped: e.dropped ?? null,
     })),
@@ -42,18 +41,7 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
         throw err;
       }
     },
-    async (backend) => {
-      // IPv6 clients are blocked per network, as the daemon does: an address stands for its network.
-      const client = net.prefix === (net.family === 4 ? 32 : 128) ? clientOf(net, configOf(args).config.ipv6Prefix) : net;
-      const kernel = await backend.list();
-      const target = kernel.some((e) => e.net.text === net.text) ? net : client;
-      const inJournal = forgetInJournal(args, (b) => b.net.text === net.text || b.net.text === target.text, client) > 0;
-      if (!kernel.some((e) => e.net.text === target.text)) return inJournal ? target.text : null;
-      backend.delete(target);
-      const result = await backend.commit();
-      if (result.failed.length > 0) throw new RatedError('FIREWALL_FAILED', `cannot remove ${target.text}: ${result.failed[0]?.error ?? ''}`);
-      return target.text;
-    },
+    async (config) => offline(config, true, async (op) => (await op.unblock(args.target))?.ip ?? null),
   );
   if (lifted === null) throw new RatedError('NOT_FOUND', `${net.text} is not blocked (rated list shows what is)`);
   out(`unblocked ${lifted}`);
@@ -71,12 +59,8 @@ export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void>
   const lifted = await daemonOrKernel<number>(
     args,
     async () => ((await api(args, 'DELETE', '/blocks')).body as { lifted: number }).lifted,
-    async (backend) => {
-      // The kernel first: when it fails, the journal still holds every block.
-      const inKernel = await backend.flush();
-      const inJournal = forgetInJournal(args, () => true);
-      return Math.max(inKernel ?? 0, inJournal);
-    },
+    // The kernel first: when it fails, the journal still holds every block.
+    async (config) => offline(config, false, (op) => op.flush()),
   );
   out(`lifted ${lifted} block${lifted === 1 ? '' : 's'}`);
 }

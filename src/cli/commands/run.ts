@@ -1,4 +1,5 @@
 import { Daemon } from '../../daemon.js';
+import { loadConfig } from '../../config/load.js';
 import { describe } from '../../errors.js';
 import { notifyServiceManager } from '../../notify.js';
 import { configOf, type GlobalArgs } from '../context.js';
@@ -49,7 +50,8 @@ export async function run(args: GlobalArgs & { dryRun?: boolean }): Promise<void
 /** Why the configuration on disk differs from the running one, or null when it does not. */
 function configChange(args: GlobalArgs, running: unknown): string | null {
   try {
-    if (fingerprint(configOf(args).config) === fingerprint(running)) return null;
+    // Read anew: configOf() holds the file as it was when the command started.
+    if (fingerprint(loadConfig(args.config).config) === fingerprint(running)) return null;
     return 'the configuration file has changed; a reload does not apply it, a restart does (blocks are kept)';
   } catch (err) {
     return `the configuration file is no longer valid (${describe(err)}); rated keeps running on the one it started with`;

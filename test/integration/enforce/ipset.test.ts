@@ -4,7 +4,7 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientOf, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { clientKey, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { IpsetBackend, type IpsetOptions } from '../../../src/enforce/ipset.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
@@ -261,7 +261,7 @@ test('an IPv6 /64 client block lands in set v6 with its timeout', async (t) => {
   await backend.ensure();
   const addr = parseAddress('2001:db8:1:2:a:b:c:d');
   assert.ok(addr);
-  backend.add(clientOf(addr, 64), 300_000, false);
+  backend.add(clientKey(addr, 64), 300_000, false);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
   const listed = await members(ns, 'rated-v6');
   assert.deepEqual(listed.map((m) => m.val), ['2001:db8:1:2::/64']);

@@ -3,7 +3,7 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientOf, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { clientKey, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { NftablesBackend, type NftOptions } from '../../../src/enforce/nftables.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
@@ -284,7 +284,7 @@ test('an IPv6 /64 client block lands in hash set v6 as its network address', asy
   await backend.ensure();
   const addr = parseAddress('2001:db8:1:2:a:b:c:d');
   assert.ok(addr);
-  const client = clientOf(addr, 64);
+  const client = clientKey(addr, 64);
   backend.add(client, 300_000, false);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
 

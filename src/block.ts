@@ -1,0 +1,73 @@
+/**
+ * The block record every room shares: what a block is, where it came from,
+ * how it is shown (SPEC §6), and what may be blocked at all.
+ */
+import { parseNetwork, type Family, type Network } from './address.js';
+import { RatedError } from './errors.js';
+
+export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled';
+
+/** Every source, for readers of stored blocks (the journal, Redis). */
+export const SOURCES: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled']);
+
+/** One active block. Times are milliseconds on the daemon's clock; null where unknown. */
+export interface Block {
+  readonly net: Network;
+  rule: string | null;
+  reason: string | null;
+  source: Source;
+  since: number | null;
+  expires: number | null;
+  hits: number | null;
+}
+
+/** What a block's kernel element dropped. */
+export interface Dropped {
+  readonly packets: number;
+  readonly bytes: number;
+}
+
+/** The JSON shape of a block (SPEC §6). */
+export interface BlockView {
+  ip: string;
+  rule: string | null;
+  reason: string | null;
+  source: Source;
+  since: string | null;
+  expires: string | null;
+  hits: number | null;
+  /** What its kernel element dropped, when read from the kernel (`rated list`); null when not known. */
+  dropped: Dropped | null;
+}
+
+/** Renders a block as SPEC §6 JSON, with what its element dropped when that was read. */
+export function viewBlock(b: Block, dropped: Dropped | null = null): BlockView {
+  return {
+    ip: b.net.text,
+    rule: b.rule,
+    reason: b.reason,
+    source: b.source,
+    since: b.since === null ? null : new Date(b.since).toISOString(),
+    expires: b.expires === null ? null : new Date(b.expires).toISOString(),
+    hits: b.hits,
+    dropped,
+  };
+}
+
+/** Networks wider than these are never blocked, whatever their source. */
+export const WIDEST: Readonly<Record<Family, number>> = { 4: 8, 6: 32 };
+
+/** True when a network is wider than any block may be. */
+export function tooWide(net: Network): boolean {
+  return net.prefix < WIDEST[net.family];
+}
+
+/** Parses the target of `block` and `unblock`: an address or a CIDR network, not wider than /8 or /32. */
+export function parseBlockTarget(input: string): Network {
+  const net = parseNetwork(input.trim());
+  if (!net) throw new RatedError('USAGE', `expected an IP address or CIDR network, got ${JSON.stringify(input.slice(0, 64))}`);
+  if (tooWide(net)) {
+    throw new RatedError('USAGE', `${net.text} is too wide: networks wider than /${WIDEST[net.family]} are never blocked`);
+  }
+  return net;
+}

@@ -1,0 +1,64 @@
+import { steadyClock } from '../clock.js';
+import { defaultBlockMs, limiterOptions, longestRuleBlockMs } from '../config/limits.js';
+import type { Config } from '../config/schema.js';
+import { Blocker, createRunner, selectBackend, type Backend } from '../enforce/index.js';
+import { Operator } from '../enforce/operator.js';
+import { RatedError } from '../errors.js';
+import { AllowList } from '../limit/allow.js';
+import { Limiter } from '../limit/limiter.js';
+import { createLogger } from '../log.js';
+import { Metrics } from '../metrics.js';
+import { Journal } from '../state/journal.js';
+import { JournalKeeper } from '../state/keeper.js';
+
+/**
+ * Acts on the blocks while the daemon is down, with the daemon's own parts:
+ * the journal and (when `readKernel`) the kernel's elements are adopted as
+ * the daemon would adopt them, `act` decides through the same Operator, the
+ * kernel is changed first and the journal written after, so that the next
+ * start neither puts back what was lifted nor forgets what is still in force.
+ * A journal the daemon would move aside is left where it is, untouched.
+ */
+export async function offline<T>(config: Config, readKernel: boolean, act: (op: Operator) => Promise<T>): Promise<T> {
+  const backend = await kernelOf(config);
+  const clock = steadyClock();
+  const allow = AllowList.fromConfig([...config.allow], config.allowSelf);
+  const log = createLogger('silent');
+  let changed = false;
+  const blocker: Blocker = new Blocker({
+    backend, isAllowed: (net) => allow.has(net), log, now: clock, systemNow: Date.now,
+    metrics: new Metrics({ activeBlocks: () => blocker.size, trackedClients: () => 0 }),
+    onLift: (net) => limiter.forget(net),
+    onChange: () => (changed = true),
+    reconciledBlockMs: defaultBlockMs(config),
+  });
+  const limiter = new Limiter({ ...limiterOptions(config), allow, now: clock, isBlocked: () => false, onVerdict: () => undefined });
+  const keeper = backend.kind === 'dry-run' ? null : new JournalKeeper({
+    journal: new Journal(config.state.dir), blocks: blocker, offences: limiter,
+    isAllowed: (net) => allow.has(net), longestRuleBlockMs: longestRuleBlockMs(config), now: clock, log,
+    dropExpired: backend.expiresInKernel ? undefined : (net) => backend.delete(net),
+  });
+  keeper?.restore(false);
+  if (readKernel) {
+    for (const e of await backend.list()) {
+      blocker.adopt({ net: e.net, rule: null, reason: null, source: 'reconciled', since: null, expires: e.expiresAt, hits: null });
+    }
+  }
+  const operator = new Operator({
+    blocker, isAllowed: (net) => allow.has(net), ipv6Prefix: config.ipv6Prefix, defaultBlockMs: defaultBlockMs(config),
+    forget: (net) => limiter.forget(net), log,
+  });
+  const result = await act(operator);
+  await blocker.close();
+  if (blocker.needsRepair) {
+    // The kernel still holds what it refused: the journal keeps it too.
+    throw new RatedError('FIREWALL_FAILED', `the firewall refused the change: ${blocker.lastErrors.at(-1)?.error ?? 'unknown error'}`);
+  }
+  if (changed && keeper?.usable) keeper.write();
+  return result;
+}
+
+/** The configured firewall backend, for reading what the kernel holds. */
+export function kernelOf(config: Config): Promise<Backend> {
+  return selectBackend(config.firewall, createRunner(), false, config.ipv6Prefix);
+}

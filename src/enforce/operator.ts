@@ -1,0 +1,119 @@
+import { clientKey, contains, type Network } from '../address.js';
+import { parseBlockTarget, viewBlock, type Block, type BlockView } from '../block.js';
+import { parseDuration } from '../duration.js';
+import { RatedError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Verdict } from '../limit/limiter.js';
+import type { BlockOutcome, Blocker } from './blocker.js';
+
+/** Tells other nodes of a decision (Redis block sharing), when there are any. */
+export interface DecisionSharing {
+  published(block: Block | undefined): void;
+  unblocked(net: Network): void;
+  flushed(): void;
+}
+
+export interface OperatorOptions {
+  readonly blocker: Blocker;
+  /** Allow-listed now (the daemon reads this host's addresses again first). */
+  readonly isAllowed: (net: Network) => boolean;
+  readonly ipv6Prefix: number;
+  /** A manual block's duration without `--for`. */
+  readonly defaultBlockMs: number;
+  /** Forgets a client's counters and offence history (the limiter). */
+  readonly forget: (net: Network) => void;
+  /** Block sharing, when configured; read at each decision, since it starts after the blocker. */
+  readonly sharing?: () => DecisionSharing | null;
+  readonly log: Logger;
+}
+
+/**
+ * The one owner of block, unblock and flush decisions, whoever asks: a rule's
+ * verdict, an operator through the control API, or the CLI while the daemon
+ * is down. Each decision reaches the kernel before the answer is given.
+ */
+export class Operator {
+  constructor(private readonly o: OperatorOptions) {}
+
+  private get sharing(): DecisionSharing | null {
+    return this.o.sharing?.() ?? null;
+  }
+
+  /** Enforces a rule's verdict; a refused one (allow list, never a client) is returned, not thrown. */
+  convict(v: Verdict): Error | null {
+    try {
+      const outcome = this.o.blocker.block({
+        net: v.client, durationMs: v.blockMs, source: 'rule', rule: v.rule,
+        reason: v.reason, hits: v.hits, windowMs: v.windowMs,
+      });
+      if (outcome !== 'unchanged') this.sharing?.published(this.o.blocker.get(v.client));
+      return null;
+    } catch (err) {
+      return err as Error;
+    }
+  }
+
+  /** A manual block (`rated block`, POST /blocks). */
+  async block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: BlockOutcome }> {
+    const net = parseBlockTarget(input.ip);
+    if (this.o.isAllowed(net)) {
+      throw new RatedError('REFUSED', `${net.text} is allow-listed (allow, allowSelf) and is never blocked`);
+    }
+    let durationMs = this.o.defaultBlockMs;
+    if (input.for !== undefined) {
+      const parsed = parseDuration(input.for);
+      if (parsed === null || parsed <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(input.for)}`);
+      durationMs = parsed;
+    }
+    const reason = input.reason === undefined ? 'manual' : input.reason.slice(0, 200);
+    const outcome = this.o.blocker.block({ net, durationMs, source: 'manual', rule: null, reason, hits: null });
+    if (outcome !== 'unchanged') this.sharing?.published(this.o.blocker.get(net));
+    // This block in the kernel, not every block a storm keeps deciding.
+    await this.o.blocker.committed();
+    const block = this.o.blocker.get(net);
+    if (!block) throw new RatedError('FIREWALL_FAILED', `${net.text} could not be blocked`);
+    return { block: viewBlock(block), outcome };
+  }
+
+  /**
+   * Lifts the block of `ip` and forgets the client's counters. An IPv6
+   * address stands for its client's network, which is what rules block.
+   * Returns the lifted block, or null when there was none.
+   */
+  async unblock(ip: string): Promise<BlockView | null> {
+    const net = parseBlockTarget(ip);
+    const blocker = this.o.blocker;
+    let lifted = blocker.unblock(net);
+    const client = net.prefix === (net.family === 4 ? 32 : 128) ? clientKey(net, this.o.ipv6Prefix) : net;
+    if (!lifted && client !== net) lifted = blocker.unblock(client);
+    this.o.forget(net);
+    const sharing = this.sharing;
+    if (sharing) {
+      // Lift it on every node, also where it is held as the client's IPv6 network.
+      const nets = new Map([[net.text, net]]);
+      const held = lifted?.net ?? client;
+      nets.set(held.text, held);
+      for (const n of nets.values()) sharing.unblocked(n);
+    }
+    await blocker.committed();
+    return lifted ? viewBlock(lifted) : null;
+  }
+
+  /** Lifts every block; returns how many there were. Blocks are forgotten only once the kernel let them go. */
+  async flush(): Promise<number> {
+    const n = await this.o.blocker.flush();
+    this.sharing?.flushed();
+    return n;
+  }
+
+  /** Lifts every block that holds one of these addresses of this host, just found on an interface. */
+  liftOwn(added: readonly Network[]): void {
+    this.o.log.info({ addresses: added.map((n) => n.text) }, 'new addresses of this host; they are never blocked (allowSelf)');
+    for (const b of this.o.blocker.list()) {
+      if (!added.some((a) => contains(b.net, a))) continue;
+      this.o.log.warn({ ip: b.net.text }, "lifting a block that holds one of this host's own addresses");
+      this.o.blocker.unblock(b.net);
+      this.sharing?.unblocked(b.net);
+    }
+  }
+}
