@@ -11,3 +11,31 @@ export function steadyClock(wall: () => number = Date.now, monotonic: () => numb
   const base = wall() - monotonic();
   return () => Math.round(base + monotonic());
 }
+
+/**
+ * Periodic tasks that never keep the process alive, never throw out of
+ * their timer, and stop together.
+ */
+export class Intervals {
+  private readonly timers: NodeJS.Timeout[] = [];
+
+  constructor(private readonly onError: (err: unknown) => void) {}
+
+  every(ms: number, task: () => unknown): void {
+    const t = setInterval(() => {
+      try {
+        const r = task();
+        if (r instanceof Promise) r.catch(this.onError);
+      } catch (err) {
+        this.onError(err);
+      }
+    }, ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  clear(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers.length = 0;
+  }
+}

@@ -1,15 +1,12 @@
 import { steadyClock } from '../clock.js';
-import { defaultBlockMs, limiterOptions, longestRuleBlockMs } from '../config/limits.js';
 import type { Config } from '../config/schema.js';
-import { Blocker, createRunner, selectBackend, type Backend } from '../enforce/index.js';
-import { Operator } from '../enforce/operator.js';
+import { assemble } from '../core.js';
+import { createRunner, selectBackend, type Backend } from '../enforce/index.js';
+import type { Operator } from '../enforce/operator.js';
 import { RatedError } from '../errors.js';
 import { AllowList } from '../limit/allow.js';
-import { Limiter } from '../limit/limiter.js';
 import { createLogger } from '../log.js';
 import { Metrics } from '../metrics.js';
-import { Journal } from '../state/journal.js';
-import { JournalKeeper } from '../state/keeper.js';
 
 /**
  * Acts on the blocks while the daemon is down, with the daemon's own parts:
@@ -21,22 +18,12 @@ import { JournalKeeper } from '../state/keeper.js';
  */
 export async function offline<T>(config: Config, readKernel: boolean, act: (op: Operator) => Promise<T>): Promise<T> {
   const backend = await kernelOf(config);
-  const clock = steadyClock();
   const allow = AllowList.fromConfig([...config.allow], config.allowSelf);
-  const log = createLogger('silent');
   let changed = false;
-  const blocker: Blocker = new Blocker({
-    backend, isAllowed: (net) => allow.has(net), log, now: clock, systemNow: Date.now,
+  const { blocker, operator, keeper } = assemble({
+    config, backend, allow, log: createLogger('silent'), now: steadyClock(), autosave: false,
     metrics: new Metrics({ activeBlocks: () => blocker.size, trackedClients: () => 0 }),
-    onLift: (net) => limiter.forget(net),
     onChange: () => (changed = true),
-    reconciledBlockMs: defaultBlockMs(config),
-  });
-  const limiter = new Limiter({ ...limiterOptions(config), allow, now: clock, isBlocked: () => false, onVerdict: () => undefined });
-  const keeper = backend.kind === 'dry-run' ? null : new JournalKeeper({
-    journal: new Journal(config.state.dir), blocks: blocker, offences: limiter,
-    isAllowed: (net) => allow.has(net), longestRuleBlockMs: longestRuleBlockMs(config), now: clock, log,
-    dropExpired: backend.expiresInKernel ? undefined : (net) => backend.delete(net),
   });
   keeper?.restore(false);
   if (readKernel) {
@@ -44,10 +31,6 @@ export async function offline<T>(config: Config, readKernel: boolean, act: (op: 
       blocker.adopt({ net: e.net, rule: null, reason: null, source: 'reconciled', since: null, expires: e.expiresAt, hits: null });
     }
   }
-  const operator = new Operator({
-    blocker, isAllowed: (net) => allow.has(net), ipv6Prefix: config.ipv6Prefix, defaultBlockMs: defaultBlockMs(config),
-    forget: (net) => limiter.forget(net), log,
-  });
   const result = await act(operator);
   await blocker.close();
   if (blocker.needsRepair) {

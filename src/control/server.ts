@@ -29,9 +29,7 @@ export class ControlServer {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       throw new RatedError('BIND_FAILED', `control.socket: cannot create ${dirname(this.path)}: ${code}; run as root or give --socket PATH`, { cause: err });
     }
-    if (await isAlive(this.path)) {
-      throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${this.path}; stop it first (rated status)`);
-    }
+    await refuseIfRunning(this.path);
     try {
       unlinkSync(this.path);
     } catch {
@@ -186,4 +184,9 @@ export async function listenControl(
     log.warn({ configured, control: own, err: describe(err) }, 'a dry run without root uses its own control socket; rated commands find it');
     return { server, socket: own };
   }
+}
+
+/** Throws ALREADY_RUNNING when a daemon answers on `socket`. */
+export async function refuseIfRunning(socket: string): Promise<void> {
+  if (await isAlive(socket)) throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${socket}; stop it first (rated status)`);
 }

@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { neverAClient, type Network } from '../address.js';
 import { tooWide, WIDEST, type Block } from '../block.js';
@@ -5,6 +6,7 @@ import { formatSpan, MAX_DURATION_MS } from '../duration.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Journal, OffenceRecord } from './journal.js';
+import { StateLock } from './lock.js';
 
 /** Where restored blocks go and saved ones come from (the Blocker). */
 export interface BlockLedger {
@@ -52,10 +54,27 @@ export class JournalKeeper {
   private timer: NodeJS.Timeout | null = null;
   private lastSaveMs = 0;
   private failing = false;
+  private held: StateLock | null = null;
+  /** Nothing is written before the journal was read: a start that failed early must not replace it with nothing. */
+  private restored = false;
   /** False when the journal found at restore was unusable and left in place: it is then never overwritten. */
   usable = true;
 
   constructor(private readonly o: KeeperOptions) {}
+
+  /** Creates the state directory and takes its lock, so that one daemon at a time writes there. */
+  lock(): void {
+    mkdirSync(this.o.journal.dir, { recursive: true, mode: 0o750 });
+    this.held = new StateLock(this.o.journal.dir);
+    this.held.acquire();
+  }
+
+  /** Writes the journal a last time and lets go of the lock. */
+  close(): void {
+    this.saveNow();
+    this.held?.release();
+    this.held = null;
+  }
 
   get path(): string {
     return this.o.journal.path;
@@ -69,6 +88,7 @@ export class JournalKeeper {
   restore(moveAside = true): RestoreSummary {
     const { log } = this.o;
     const loaded = this.o.journal.load(moveAside);
+    this.restored = true;
     this.usable = loaded.error === null || loaded.movedAside !== null;
     if (loaded.movedAside) {
       this.o.onError?.();
@@ -145,6 +165,7 @@ export class JournalKeeper {
 
   /** Writes the journal now; throws the file system's error. */
   write(): void {
+    if (!this.restored) return;
     this.o.journal.save({ blocks: this.o.blocks.list(), offences: this.o.offences.exportOffences() });
   }
 
