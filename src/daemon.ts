@@ -13,7 +13,7 @@ import { AllowList, watchAddresses } from './limit/allow.js';
 import { createLogger, routeConsole, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { Receivers } from './receive/index.js';
-import type { RedisSharing } from './redis/index.js';
+import type { RedisSharing } from './sharing/index.js';
 import { startupRecord } from './startup.js';
 
 export interface DaemonOptions {
@@ -72,7 +72,7 @@ export class Daemon implements ControlApi {
     const reconcileMs = Math.round(performance.now() - reconcileStarted);
     if (c.redis) {
       // Loaded only when configured: the Redis client costs about 20 MB of memory.
-      const { startSharing } = await import('./redis/index.js');
+      const { startSharing } = await import('./sharing/index.js');
       this.redis = await startSharing(c, { local: blocker, isAllowed: (net) => this.allow.has(net), limiter, log: this.log, metrics: this.stats });
     }
     const control = await listenControl(socket, this, this.log, this.backend.kind === 'dry-run' && this.options.socket === undefined);

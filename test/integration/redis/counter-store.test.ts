@@ -8,7 +8,7 @@ import { WindowSpec } from '../../../src/limit/sliding-window.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
 import { RedisLink, type RedisConfig } from '../../../src/redis/connection.js';
-import { counterTtlMs, RedisCounterStore } from '../../../src/redis/counter-store.js';
+import { counterTtlMs, RedisCounterStore } from '../../../src/limit/redis-counter-store.js';
 import { RedisKeys } from '../../../src/redis/keys.js';
 import type { CounterStore, StoreRule } from '../../../src/limit/counter-store.js';
 import { counterStoreContract } from '../../helpers/counter-store-contract.js';

@@ -10,12 +10,12 @@ import type { StoreRule } from '../limit/counter-store.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { BlockSync, type BlockSyncStats, type LocalBlocks } from './block-sync.js';
-import { RedisLink, type RedisConfig, type RedisStatus } from './connection.js';
-import { RedisCounterStore } from './counter-store.js';
-import { RedisKeys } from './keys.js';
-import { SharedCounter, type SharedCounterStats } from './shared-counter.js';
+import { RedisLink, type RedisConfig, type RedisStatus } from '../redis/connection.js';
+import { RedisCounterStore } from '../limit/redis-counter-store.js';
+import { RedisKeys } from '../redis/keys.js';
+import { SharedCounter, type SharedCounterStats } from '../limit/shared-counter.js';
 
-export type { RedisConfig, RedisStatus } from './connection.js';
+export type { RedisConfig, RedisStatus } from '../redis/connection.js';
 export type { LocalBlocks } from './block-sync.js';
 
 export interface RedisSharingOptions {

@@ -7,7 +7,7 @@ import { DryRunBackend } from '../../../src/enforce/dry-run.js';
 import { AllowList } from '../../../src/limit/allow.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
-import { BlockSync, SCRIPTS, type BlockLink } from '../../../src/redis/block-sync.js';
+import { BlockSync, SCRIPTS, type BlockLink } from '../../../src/sharing/block-sync.js';
 import type { Script } from '../../../src/redis/connection.js';
 import { RedisKeys } from '../../../src/redis/keys.js';
 import { waitFor } from '../../helpers/wait-for.js';

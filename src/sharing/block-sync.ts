@@ -3,9 +3,9 @@ import type { Block } from '../block.js';
 import type { BlockRequest } from '../enforce/index.js';
 import { describe } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
-import { script, type RedisLink, type Script } from './connection.js';
-import type { RedisKeys } from './keys.js';
-import { BLOCK, FLUSH, SNAPSHOT, UNBLOCK } from './scripts.js';
+import { script, type RedisLink, type Script } from '../redis/connection.js';
+import type { RedisKeys } from '../redis/keys.js';
+import { BLOCK, FLUSH, SNAPSHOT, UNBLOCK } from '../redis/scripts.js';
 
 /** The scripts this module runs, by what they do. */
 export const SCRIPTS = {

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { parseAddress, type Network } from '../../../src/address.js';
 import { MemoryCounterStore, type CounterStore, type CountRequest, type CountResult } from '../../../src/limit/counter-store.js';
 import { WindowSpec } from '../../../src/limit/sliding-window.js';
-import { SharedCounter, type SharedCounterOptions } from '../../../src/redis/shared-counter.js';
+import { SharedCounter, type SharedCounterOptions } from '../../../src/limit/shared-counter.js';
 import { waitFor } from '../../helpers/wait-for.js';
 
 const T0 = 1_700_000_000_000;

@@ -1,7 +1,7 @@
-import type { CounterStore, CountRequest, CountResult, StoreRule } from '../limit/counter-store.js';
-import { script, type RedisLink, type Script } from './connection.js';
-import type { RedisKeys } from './keys.js';
-import { COUNT } from './scripts.js';
+import type { CounterStore, CountRequest, CountResult, StoreRule } from './counter-store.js';
+import { script, type RedisLink, type Script } from '../redis/connection.js';
+import type { RedisKeys } from '../redis/keys.js';
+import { COUNT } from '../redis/scripts.js';
 
 const COUNT_SCRIPT: Script = script(COUNT);
 

@@ -1,5 +1,5 @@
 import type { Network } from '../address.js';
-import type { CounterStore, CountRequest } from '../limit/counter-store.js';
+import type { CounterStore, CountRequest } from './counter-store.js';
 
 export interface SharedCounterOptions {
   readonly store: CounterStore;
