@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseNetwork } from '../address.js';
 import { parseDuration } from '../duration.js';
-import { parseRedisUrl } from './redis-url.js';
+import { parseRedisUrl } from '../redis-url.js';
 
 // One schema is the single source of the configuration's type, defaults and
 // error messages. Durations are read as text ("90s", "6h") or seconds and

@@ -103,6 +103,34 @@ export class OpQueue {
 }
 
 /**
+ * What every backend shares: `add` and `delete` only queue (the last change
+ * to an element wins), `commit` takes the whole queue and hands it to the
+ * backend's `apply`.
+ */
+export abstract class QueuedBackend {
+  private readonly queue = new OpQueue();
+
+  add(net: Network, timeoutMs: number, replace: boolean): void {
+    this.queue.add(net, timeoutMs, replace);
+  }
+
+  delete(net: Network): void {
+    this.queue.delete(net);
+  }
+
+  pending(): number {
+    return this.queue.size;
+  }
+
+  commit(): Promise<CommitResult> {
+    return this.apply(this.queue.drain());
+  }
+
+  /** Applies the changes taken from the queue, in as few transactions as the tool allows. */
+  protected abstract apply(ops: Op[]): Promise<CommitResult>;
+}
+
+/**
  * Applies `ops` with `apply`; when a batch is refused, splits it in halves
  * until the refused elements are isolated, so one bad element never costs the
  * others their place in the kernel.

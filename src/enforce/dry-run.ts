@@ -1,11 +1,9 @@
-import type { Network } from '../address.js';
-import { OpQueue, type Backend, type CommitResult, type KernelEntry, type StructureCheck } from './backend.js';
+import { QueuedBackend, type Backend, type CommitResult, type KernelEntry, type Op, type StructureCheck } from './backend.js';
 
 /** Decides, logs and lists like the others, and never touches the kernel. */
-export class DryRunBackend implements Backend {
+export class DryRunBackend extends QueuedBackend implements Backend {
   readonly kind = 'dry-run' as const;
   readonly expiresInKernel = true;
-  private readonly queue = new OpQueue();
   private readonly elements = new Map<string, KernelEntry>();
 
   async probe(): Promise<void> {}
@@ -15,20 +13,7 @@ export class DryRunBackend implements Backend {
     return { intact: true, droppedPackets: null };
   }
 
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-
-  pending(): number {
-    return this.queue.size;
-  }
-
-  async commit(): Promise<CommitResult> {
-    const ops = this.queue.drain();
+  protected async apply(ops: Op[]): Promise<CommitResult> {
     const now = Date.now();
     for (const op of ops) {
       if (op.kind === 'add') this.elements.set(op.net.text, { net: op.net, expiresAt: now + op.timeoutMs });

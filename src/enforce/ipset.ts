@@ -1,7 +1,7 @@
 import { parseNetwork, type Family, type Network } from '../address.js';
 import { RatedError } from '../errors.js';
 import {
-  applyBisecting, OpQueue, timeoutSeconds,
+  applyBisecting, QueuedBackend, timeoutSeconds,
   type Backend, type CommitResult, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
 import type { Runner } from './run-command.js';
@@ -112,16 +112,16 @@ export function parseHeader(text: string): SetHeader | null {
  * timeouts) and one iptables and one ip6tables rule that drop their sources.
  * Every element has a kernel timeout, so blocks end even if rated is dead.
  */
-export class IpsetBackend implements Backend {
+export class IpsetBackend extends QueuedBackend implements Backend {
   readonly kind = 'ipset' as const;
   readonly expiresInKernel = true;
   readonly maxTimeoutMs = MAX_TIMEOUT_S * 1000;
-  private readonly queue = new OpQueue();
   private readonly anchor: Anchor;
   /** maxelem of each set as the kernel reports it (a set made elsewhere may differ from ours). */
   private readonly sizes = new Map<Family, number>();
 
   constructor(private readonly run: Runner, private readonly options: IpsetOptions) {
+    super();
     this.anchor = anchorOf(options.hook);
   }
 
@@ -165,26 +165,14 @@ export class IpsetBackend implements Backend {
     return { intact, droppedPackets: totals.ipv4.packets + totals.ipv6.packets, dropped: totals };
   }
 
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-
-  pending(): number {
-    return this.queue.size;
-  }
-
   /**
    * One `ipset restore` for the batch. ipset names the line it refused;
    * that change is reported and the rest runs again (harmless with -exist),
    * so each refusal costs one more run. A full set refuses every new
    * element after it at once.
    */
-  async commit(): Promise<CommitResult> {
-    const ops = orderOps(this.queue.drain());
+  protected async apply(queued: Op[]): Promise<CommitResult> {
+    const ops = orderOps(queued);
     const failed: Array<{ net: Network; op: 'add' | 'delete'; error: string }> = [];
     const refuse = (op: Op, error: string): void => {
       failed.push({ net: op.net, op: op.kind, error });

@@ -1,7 +1,7 @@
 import { parseNetwork, type Family, type Network } from '../address.js';
 import { RatedError } from '../errors.js';
 import {
-  applyBisecting, OpQueue,
+  applyBisecting, QueuedBackend,
   type Backend, type CommitResult, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
 import type { Runner } from './run-command.js';
@@ -81,14 +81,14 @@ export function parseRules(lines: readonly string[], chain: string, family: Fami
  * rules when blocks end, so a rule outlives a dead daemon until it runs
  * again. Every packet walks the chain, O(blocks): the slow fallback.
  */
-export class IptablesBackend implements Backend {
+export class IptablesBackend extends QueuedBackend implements Backend {
   readonly kind = 'iptables' as const;
   readonly expiresInKernel = false;
-  private readonly queue = new OpQueue();
   private readonly anchor: Anchor;
   private readonly chain: string;
 
   constructor(private readonly run: Runner, options: IptablesOptions) {
+    super();
     this.anchor = anchorOf(options.hook);
     this.chain = options.table;
   }
@@ -130,25 +130,12 @@ export class IptablesBackend implements Backend {
     return { intact, droppedPackets: totals.ipv4.packets + totals.ipv6.packets, dropped: totals };
   }
 
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-
-  pending(): number {
-    return this.queue.size;
-  }
-
   /**
    * Reads our chain, then applies the changes of each family in one
    * `iptables-restore --noflush` (one transaction: all or nothing). A
    * refused batch is split until the refused changes are isolated.
    */
-  async commit(): Promise<CommitResult> {
-    const ops = this.queue.drain();
+  protected async apply(ops: Op[]): Promise<CommitResult> {
     const failed: Array<{ net: Network; op: 'add' | 'delete'; error: string }> = [];
     let applied = 0;
     for (const family of FAMILIES) {

@@ -1,7 +1,7 @@
 import { parseNetwork, type Network } from '../address.js';
 import { RatedError } from '../errors.js';
 import {
-  applyBisecting, OpQueue, timeoutSeconds,
+  applyBisecting, QueuedBackend, timeoutSeconds,
   type Backend, type CommitResult, type DroppedTotals, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
 import { CommandError, type Runner } from './run-command.js';
@@ -204,13 +204,14 @@ function parseElementValue(val: unknown, length: number | null): Network | null 
   return null;
 }
 
-/** The nftables backend: table `inet <table>`, interval sets with timeouts, one chain. */
-export class NftablesBackend implements Backend {
+/** The nftables backend: table `inet <table>`, hash sets v4/v6 with timeouts and counters, interval sets for other networks, one chain. */
+export class NftablesBackend extends QueuedBackend implements Backend {
   readonly kind = 'nftables' as const;
   readonly expiresInKernel = true;
-  private readonly queue = new OpQueue();
 
-  constructor(private readonly run: Runner, private readonly options: NftOptions) {}
+  constructor(private readonly run: Runner, private readonly options: NftOptions) {
+    super();
+  }
 
   async probe(): Promise<void> {
     let result;
@@ -255,20 +256,7 @@ export class NftablesBackend implements Backend {
     return { intact: this.structureMatches(current), droppedPackets: dropped.ipv4.packets + dropped.ipv6.packets, dropped };
   }
 
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-
-  pending(): number {
-    return this.queue.size;
-  }
-
-  async commit(): Promise<CommitResult> {
-    const ops = this.queue.drain();
+  protected async apply(ops: Op[]): Promise<CommitResult> {
     const apply = async (batch: readonly Op[]): Promise<string | null> => {
       const result = await this.run('nft', ['-j', '-f', '-'], JSON.stringify(renderOps(this.options, batch)));
       return result.exitCode === 0 ? null : explain(firstLine(result.stderr)) || `nft exited with ${result.exitCode}`;

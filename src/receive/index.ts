@@ -1,10 +1,18 @@
-import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { FileReceiver } from './file.js';
 import type { HitSink } from './hit.js';
-import { HttpReceiver } from './http.js';
-import { UdpReceiver } from './udp.js';
+import { HttpReceiver, type HttpReceiverOptions } from './http.js';
+import { UdpReceiver, type UdpReceiverOptions } from './udp.js';
+
+type Own = 'sink' | 'metrics' | 'log';
+
+/** The `receivers:` section of the configuration (SPEC §3). */
+export interface ReceiversConfig {
+  readonly http: Omit<HttpReceiverOptions, Own> | null;
+  readonly udp: Omit<UdpReceiverOptions, Own> | null;
+  readonly files: readonly string[];
+}
 
 /** Received, rejected and ignored notifications of one receiver, and its recent rate. */
 export interface ReceiverCounts {
@@ -26,7 +34,7 @@ export class Receivers {
   private rates = { at: Date.now(), received: new Map<string, number>(), perSecond: new Map<string, number>() };
 
   constructor(
-    private readonly config: Config['receivers'],
+    private readonly config: ReceiversConfig,
     private readonly sink: HitSink,
     private readonly stats: Metrics,
     private readonly log: Logger,

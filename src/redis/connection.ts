@@ -4,7 +4,7 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { parseRedisUrl, redactUrl, type RedisEndpoint } from '../config/redis-url.js';
+import { parseRedisUrl, redactUrl, type RedisEndpoint } from '../redis-url.js';
 
 /** The `redis` section of the configuration, timeouts in milliseconds. */
 export interface RedisConfig {

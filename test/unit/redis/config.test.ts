@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfig } from '../../../src/config/load.js';
-import { parseRedisUrl, redactUrl } from '../../../src/config/redis-url.js';
+import { parseRedisUrl, redactUrl } from '../../../src/redis-url.js';
 
 test('redis URLs: host, port, database, credentials and TLS', () => {
   assert.deepEqual(parseRedisUrl('redis://127.0.0.1:6380/2'), { host: '127.0.0.1', port: 6380, username: undefined, password: undefined, db: 2, tls: false });
