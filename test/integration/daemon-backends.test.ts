@@ -11,6 +11,7 @@ import { startNginx, type Nginx } from '../helpers/nginx.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, startRated, type CliResult, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const RULE = { name: 'flood', limit: 5, window: '10s', blockSeconds: 6 };
 const PORT = 8080;
@@ -186,21 +187,12 @@ for (const flavour of [ipset, iptables]) {
     });
 
     after(async () => {
-      const problems: unknown[] = [];
-      const steps: Array<() => unknown> = [
+      await cleanUp([
         () => rated?.stop(),
         () => nginx?.stop(),
         ...namespaces.reverse().map((ns) => () => ns.delete()),
         () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-      ];
-      for (const step of steps) {
-        try {
-          await step();
-        } catch (err) {
-          problems.push(err);
-        }
-      }
-      if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+      ]);
     });
 
     test(`the daemon starts on ${flavour.backend} and builds its structure next to the foreign rules`, async () => {

@@ -11,6 +11,7 @@ import { startNginx, type Nginx } from '../helpers/nginx.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, ratedCli, startRated, type CliResult, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'nginx', 'curl', 'setpriv'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -136,21 +137,12 @@ describe('rated end to end: nginx → rated → nftables', { skip: SKIP }, () =>
   });
 
   after(async () => {
-    const problems: unknown[] = [];
-    const steps: Array<() => unknown> = [
+    await cleanUp([
       () => rated?.stop(),
       () => nginx?.stop(),
       ...namespaces.reverse().map((ns) => () => ns.delete()),
       () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-    ];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   });
 
   test('the daemon starts on nftables with the receiver and socket it was given', () => {

@@ -10,6 +10,7 @@ import { createNamespace, type Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, startRated, type CliResult, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'setpriv', 'curl', 'nft', 'iptables', 'ip6tables', 'ipset'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -60,20 +61,11 @@ describe('dry run without root, on the embedded defaults', { skip: SKIP }, () =>
   });
 
   after(async () => {
-    const problems: unknown[] = [];
-    const steps: Array<() => unknown> = [
+    await cleanUp([
       () => rated?.stop(),
       () => ns.delete(),
       () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-    ];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   });
 
   test('it starts on its embedded defaults, on the dry-run backend, with the user\'s own socket', () => {

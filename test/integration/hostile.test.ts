@@ -17,6 +17,7 @@ import { exchange, forwardInto, type Forward } from '../helpers/ns-forward.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, ratedCli, startRated, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'curl'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -247,20 +248,12 @@ describe('hostile input: the HTTP receiver, the CLI, the control API and the con
   });
 
   after(async () => {
-    const problems: unknown[] = [];
-    for (const step of [
+    await cleanUp([
       () => fwd?.close(),
       () => rated?.stop(),
       ...namespaces.reverse().map((ns) => () => ns.delete()),
       () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-    ]) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   });
 
   test('HTTP receiver: every row gets its answer and is counted under its reason', async (t) => {

@@ -16,6 +16,7 @@ import { createNamespace, veth, type Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, ratedCli, startRated, type CliResult, type LogLine, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'curl', 'nsenter', 'mount'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -226,8 +227,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
   });
 
   after(async () => {
-    const problems: unknown[] = [];
-    const steps: Array<() => unknown> = [
+    await cleanUp([
       ...daemons.map((d) => () => d.stop()),
       ...holders.map((h) => async () => {
         if (h.exitCode === null && h.signalCode === null) {
@@ -243,15 +243,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
       () => bad?.delete(),
       () => srv?.delete(),
       () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-    ];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   });
 
   test('kill -9 with blocks in force: after a restart every block is listed as before, enforced, and lifted on time', async () => {

@@ -13,6 +13,7 @@ import { createNamespace, veth, type Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { MAIN_JS, ratedCli, startRated, type Rated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'ipset', 'iptables', 'ip6tables', 'setpriv', 'curl', 'ping'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -98,15 +99,7 @@ for (const { backend, caps, mask } of CASES) {
     });
 
     after(async () => {
-      const problems: unknown[] = [];
-      for (const step of [() => rated?.stop(), () => bad?.delete(), () => srv?.delete(), () => { if (dir) rmSync(dir, { recursive: true, force: true }); }]) {
-        try {
-          await step();
-        } catch (err) {
-          problems.push(err);
-        }
-      }
-      if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+      await cleanUp([() => rated?.stop(), () => bad?.delete(), () => srv?.delete(), () => { if (dir) rmSync(dir, { recursive: true, force: true }); }]);
     });
 
     test(`starts on ${backend}, as uid ${NOBODY}, with no other capability`, () => {

@@ -15,6 +15,7 @@ import { createNamespace, type Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { BIN, MAIN_JS, ROOT, ratedCli, startRated } from '../helpers/rated.js';
 import { waitFor } from '../helpers/wait-for.js';
+import { cleanUp } from '../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'setpriv', 'curl', 'runsv', 'sv', 'svlogd', 'chpst'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -124,8 +125,7 @@ describe('runit service under runsv, in a namespace', { skip: SKIP }, () => {
   }
 
   after(async () => {
-    const problems: unknown[] = [];
-    const steps: Array<() => unknown> = [
+    await cleanUp([
       async () => {
         if (svc && existsSync(join(svc, 'supervise'))) await execa('sv', ['-w', '10', 'exit', svc], { reject: false, timeout: 15_000 });
       },
@@ -149,15 +149,7 @@ describe('runit service under runsv, in a namespace', { skip: SKIP }, () => {
       },
       () => ns?.delete(),
       () => { if (dir) rmSync(dir, { recursive: true, force: true }); },
-    ];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   });
 
   test('run execs the daemon as nobody with CAP_NET_ADMIN only; the root CLI sees it up', async () => {

@@ -4,7 +4,7 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientKey, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { clientKey, contains, parseAddress, type Network } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { IpsetBackend, type IpsetOptions } from '../../../src/enforce/ipset.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
@@ -13,6 +13,7 @@ import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { net } from '../../helpers/net.js';
 
 const TOOLS = ['ipset', 'iptables', 'ip6tables', 'ip'];
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
@@ -47,11 +48,6 @@ function setup(t: TestContext, tools: readonly string[] = []): Namespace | null 
   return shared;
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 interface Member {
   readonly val: string;

@@ -4,7 +4,7 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { contains, parseNetwork, type Network } from '../../../src/address.js';
+import { contains, type Network } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { IptablesBackend, type IptablesOptions } from '../../../src/enforce/iptables.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
@@ -13,6 +13,7 @@ import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { net } from '../../helpers/net.js';
 
 const TOOLS = ['iptables', 'ip6tables', 'iptables-restore', 'ip6tables-restore', 'ip'];
 const OPTS: IptablesOptions = { table: 'rated', hook: 'input' };
@@ -48,11 +49,6 @@ function setup(t: TestContext, tools: readonly string[] = []): Namespace | null 
   return shared;
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 type Tool = 'iptables' | 'ip6tables';
 

@@ -3,7 +3,7 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientKey, contains, parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { clientKey, contains, parseAddress, type Network } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { NftablesBackend, type NftOptions } from '../../../src/enforce/nftables.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
@@ -12,6 +12,7 @@ import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { net } from '../../helpers/net.js';
 
 const TOOLS = ['nft', 'ip'];
 const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
@@ -38,11 +39,6 @@ function setup(t: TestContext, tools: readonly string[] = []): Namespace | null 
   return shared;
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 type Json = Record<string, unknown>;
 

@@ -14,6 +14,7 @@ import { startNginx, type Nginx, type NginxInput } from '../../helpers/nginx.js'
 import { missingPrereqs, prereqsMet } from '../../helpers/prereq.js';
 import { MAIN_JS, startRated, type Rated } from '../../helpers/rated.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { cleanUp } from '../../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'nginx', 'curl'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -91,21 +92,12 @@ class Bench {
   }
 
   async cleanup(): Promise<void> {
-    const problems: unknown[] = [];
-    const steps: Array<() => unknown> = [
+    await cleanUp([
       () => this.rated?.stop(),
       () => this.nginx?.stop(),
       ...this.namespaces.reverse().map((ns) => () => ns.delete()),
       () => { if (this.dir) rmSync(this.dir, { recursive: true, force: true }); },
-    ];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    }
-    if (problems.length > 0) throw new AggregateError(problems, 'cleanup failed');
+    ]);
   }
 }
 

@@ -2,18 +2,13 @@
 // stranger: its element is still in what the resync read.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
 import type { KernelEntry } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { DryRunBackend } from '../../../src/enforce/dry-run.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
+import { net } from '../../helpers/net.js';
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, text);
-  return n;
-}
 
 /** The dry-run backend, with a list() that answers only when told while `hold` is set. */
 class SlowListBackend extends DryRunBackend {

@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import type { Network } from '../../../src/address.js';
 import { OpQueue, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
+import { net } from '../../helpers/net.js';
 
 /** A backend that keeps its "kernel" in a map and refuses overlapping elements, like an nft interval set. */
 class IntervalSetBackend implements Backend {
@@ -62,11 +63,6 @@ function overlaps(a: Network, b: Network): boolean {
   return (a.value >> shift) === (b.value >> shift);
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, text);
-  return n;
-}
 
 function setup(allowed: string[] = ['127.0.0.0/8']) {
   let now = 1_000_000;

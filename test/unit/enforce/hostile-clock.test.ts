@@ -6,12 +6,13 @@
 // onto the steady one. Both clocks are injected: nothing here sleeps.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import type { Network } from '../../../src/address.js';
 import { steadyClock } from '../../../src/clock.js';
 import { OpQueue, type Backend, type CommitResult, type KernelEntry } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
+import { net } from '../../helpers/net.js';
 
 const HOUR = 3_600_000;
 const MINUTE = 60_000;
@@ -77,11 +78,6 @@ class KernelSet implements Backend {
   }
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, text);
-  return n;
-}
 
 function setup(clock: 'steady' | 'wall' = 'steady') {
   const clocks = new Clocks();

@@ -1,19 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import type { Network } from '../../../src/address.js';
 import type { Op } from '../../../src/enforce/backend.js';
 import {
   createArgs, IpsetBackend, ipsetTimeout, matchRule, orderOps, parseHeader, parseSave, renderOps, type IpsetOptions,
 } from '../../../src/enforce/ipset.js';
 import type { CommandResult, Runner } from '../../../src/enforce/run-command.js';
+import { net } from '../../helpers/net.js';
 
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 function add(text: string, timeoutMs: number, replace = false): Op {
   return { kind: 'add', net: net(text), timeoutMs, replace };

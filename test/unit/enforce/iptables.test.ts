@@ -1,16 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import type { Network } from '../../../src/address.js';
 import type { Op } from '../../../src/enforce/backend.js';
 import { IptablesBackend, jumpRule, parseRules, planChanges, renderScript } from '../../../src/enforce/iptables.js';
 import type { CommandResult, Runner } from '../../../src/enforce/run-command.js';
 import { anchorOf, splitCounters } from '../../../src/enforce/xtables.js';
+import { net } from '../../helpers/net.js';
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 function add(text: string): Op {
   return { kind: 'add', net: net(text), timeoutMs: 60_000, replace: false };

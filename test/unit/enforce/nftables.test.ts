@@ -1,17 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import type { Network } from '../../../src/address.js';
 import { applyBisecting, OpQueue, type Op } from '../../../src/enforce/backend.js';
 import { ipv6Mask, NftablesBackend, parseSetListing, renderOps, renderStructure, setOf, type NftOptions } from '../../../src/enforce/nftables.js';
 import type { Runner } from '../../../src/enforce/run-command.js';
+import { net } from '../../helpers/net.js';
 
 const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `test address ${text} must parse`);
-  return n;
-}
 
 function add(text: string, timeoutMs: number, replace = false): Op {
   return { kind: 'add', net: net(text), timeoutMs, replace };

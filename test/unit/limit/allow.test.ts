@@ -1,15 +1,11 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { networkInterfaces } from 'node:os';
-import { parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { parseAddress } from '../../../src/address.js';
 import { RatedError } from '../../../src/errors.js';
 import { AllowList } from '../../../src/limit/allow.js';
+import { net } from '../../helpers/net.js';
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, `${JSON.stringify(text)} should parse`);
-  return n;
-}
 
 describe('AllowList', () => {
   const defaults = AllowList.fromConfig(['127.0.0.0/8', '::1/128'], false);

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseAddress, parseNetwork, type Network } from '../../../src/address.js';
+import { parseAddress, type Network } from '../../../src/address.js';
 import { AllowList } from '../../../src/limit/allow.js';
 import { Limiter, type LimiterOptions, type Verdict } from '../../../src/limit/limiter.js';
 import type { Hit, Rule } from '../../../src/limit/rules.js';
+import { net } from '../../helpers/net.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -14,11 +15,6 @@ function addr(text: string): Network {
   return n;
 }
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, text);
-  return n;
-}
 
 /** The n-th verdict, which must exist. */
 function nth(verdicts: readonly Verdict[], n: number): Verdict {

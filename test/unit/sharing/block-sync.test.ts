@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { parseNetwork, type Network } from '../../../src/address.js';
+import { parseNetwork } from '../../../src/address.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { DryRunBackend } from '../../../src/enforce/dry-run.js';
 import { AllowList } from '../../../src/limit/allow.js';
@@ -11,15 +11,11 @@ import { BlockSync, SCRIPTS, type BlockLink } from '../../../src/sharing/block-s
 import type { Script } from '../../../src/redis/connection.js';
 import { RedisKeys } from '../../../src/redis/keys.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { net } from '../../helpers/net.js';
 
 const HOUR = 3_600_000;
 const MAX_BLOCK = 30 * 24 * HOUR;
 
-function net(text: string): Network {
-  const n = parseNetwork(text);
-  assert.ok(n, text);
-  return n;
-}
 
 interface Call { script: string; keys: readonly string[]; args: ReadonlyArray<string | number> }
 
