@@ -4,16 +4,13 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientKey, contains, parseAddress, type Network } from '../../../src/address.js';
-import { Blocker } from '../../../src/enforce/blocker.js';
+import { clientKey, parseAddress, type Network } from '../../../src/address.js';
 import { IpsetBackend, type IpsetOptions } from '../../../src/enforce/ipset.js';
-import type { Runner } from '../../../src/enforce/run-command.js';
-import { createLogger } from '../../../src/log.js';
-import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
+import { counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['ipset', 'iptables', 'ip6tables', 'ip'];
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
@@ -89,31 +86,7 @@ async function foreign(ns: Namespace): Promise<string> {
   return JSON.stringify({ set, v4, v6 });
 }
 
-/** Wraps a runner to count the processes started per tool. */
-function counting(inner: Runner): { runner: Runner; calls: (tool: string) => number; reset: () => void } {
-  const n = new Map<string, number>();
-  return {
-    runner: (file, args, input) => {
-      n.set(file, (n.get(file) ?? 0) + 1);
-      return inner(file, args, input);
-    },
-    calls: (tool) => n.get(tool) ?? 0,
-    reset: () => n.clear(),
-  };
-}
 
-function makeBlocker(backend: IpsetBackend) {
-  const allowed = ['127.0.0.0/8', '::1'].map(net);
-  const metrics = new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 });
-  const blocker = new Blocker({
-    backend,
-    isAllowed: (n) => allowed.some((a) => contains(a, n) || contains(n, a)),
-    log: createLogger('silent'),
-    metrics,
-    batchDelayMs: 5,
-  });
-  return { blocker, metrics };
-}
 
 test('ensure creates two hash:net sets with timeouts and one rule each at the top of INPUT; twice changes nothing', async (t) => {
   const ns = setup(t);

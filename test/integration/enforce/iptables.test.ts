@@ -4,16 +4,13 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { contains, type Network } from '../../../src/address.js';
-import { Blocker } from '../../../src/enforce/blocker.js';
+import type { Network } from '../../../src/address.js';
 import { IptablesBackend, type IptablesOptions } from '../../../src/enforce/iptables.js';
-import type { Runner } from '../../../src/enforce/run-command.js';
-import { createLogger } from '../../../src/log.js';
-import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
+import { counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['iptables', 'ip6tables', 'iptables-restore', 'ip6tables-restore', 'ip'];
 const OPTS: IptablesOptions = { table: 'rated', hook: 'input' };
@@ -83,32 +80,7 @@ async function foreign(ns: Namespace): Promise<string> {
   return out.join('\n');
 }
 
-/** Wraps a runner to count the processes started per tool. */
-function counting(inner: Runner): { runner: Runner; calls: (tool: string) => number; reset: () => void } {
-  const n = new Map<string, number>();
-  return {
-    runner: (file, args, input) => {
-      n.set(file, (n.get(file) ?? 0) + 1);
-      return inner(file, args, input);
-    },
-    calls: (tool) => n.get(tool) ?? 0,
-    reset: () => n.clear(),
-  };
-}
 
-function makeBlocker(backend: IptablesBackend, reconciledBlockMs?: number) {
-  const allowed = ['127.0.0.0/8', '::1'].map(net);
-  const metrics = new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 });
-  const blocker = new Blocker({
-    backend,
-    isAllowed: (n) => allowed.some((a) => contains(a, n) || contains(n, a)),
-    log: createLogger('silent'),
-    metrics,
-    batchDelayMs: 5,
-    ...(reconciledBlockMs === undefined ? {} : { reconciledBlockMs }),
-  });
-  return { blocker, metrics };
-}
 
 test('ensure creates our chain in iptables and ip6tables and one jump at the top of INPUT; twice changes nothing', async (t) => {
   const ns = setup(t);
@@ -276,7 +248,7 @@ test('Blocker: a new instance adopts the rules it finds as reconciled, ending af
   backend.add(net('2001:db8:1:2::/64'), 600_000, false);
   await backend.commit();
 
-  const { blocker } = makeBlocker(new IptablesBackend(ns.runner, OPTS), 3_600_000);
+  const { blocker } = makeBlocker(new IptablesBackend(ns.runner, OPTS), { reconciledBlockMs: 3_600_000 });
   try {
     assert.deepEqual(await blocker.resync(true), { added: 0, adopted: 2, removed: 0 });
     for (const text of ['198.51.100.7', '2001:db8:1:2::/64']) {

@@ -3,16 +3,13 @@
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { clientKey, contains, parseAddress, type Network } from '../../../src/address.js';
-import { Blocker } from '../../../src/enforce/blocker.js';
+import { clientKey, parseAddress, type Network } from '../../../src/address.js';
 import { NftablesBackend, type NftOptions } from '../../../src/enforce/nftables.js';
-import type { Runner } from '../../../src/enforce/run-command.js';
-import { createLogger } from '../../../src/log.js';
-import { Metrics } from '../../../src/metrics.js';
 import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
+import { counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['nft', 'ip'];
 const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
@@ -110,33 +107,7 @@ async function hostfw(ns: Namespace): Promise<string> {
   return (await ns.run('nft', ['-j', 'list', 'table', 'inet', 'hostfw'])).stdout;
 }
 
-/** Wraps a runner to count the nft processes started. */
-function counting(inner: Runner): { runner: Runner; calls: () => number; reset: () => void } {
-  let n = 0;
-  return {
-    runner: (file, args, input) => {
-      n++;
-      return inner(file, args, input);
-    },
-    calls: () => n,
-    reset: () => {
-      n = 0;
-    },
-  };
-}
 
-function makeBlocker(backend: NftablesBackend, allow: readonly string[] = ['127.0.0.0/8', '::1']) {
-  const allowed = allow.map(net);
-  const metrics = new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 });
-  const blocker = new Blocker({
-    backend,
-    isAllowed: (n) => allowed.some((a) => contains(a, n) || contains(n, a)),
-    log: createLogger('silent'),
-    metrics,
-    batchDelayMs: 5,
-  });
-  return { blocker, metrics };
-}
 
 test('ensure creates our table, sets and chain; twice changes nothing; a foreign table is untouched', async (t) => {
   const ns = setup(t);

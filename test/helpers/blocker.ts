@@ -1,0 +1,38 @@
+import { contains } from '../../src/address.js';
+import type { Backend } from '../../src/enforce/backend.js';
+import { Blocker } from '../../src/enforce/blocker.js';
+import type { Runner } from '../../src/enforce/run-command.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { net } from './net.js';
+
+/** A Blocker over `backend` as the daemon makes one, quiet and quick to batch; loopback is allow-listed. */
+export function makeBlocker(
+  backend: Backend,
+  options: { allow?: readonly string[]; reconciledBlockMs?: number } = {},
+): { blocker: Blocker; metrics: Metrics } {
+  const allowed = (options.allow ?? ['127.0.0.0/8', '::1']).map(net);
+  const metrics = new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 });
+  const blocker = new Blocker({
+    backend,
+    isAllowed: (n) => allowed.some((a) => contains(a, n) || contains(n, a)),
+    log: createLogger('silent'),
+    metrics,
+    batchDelayMs: 5,
+    ...(options.reconciledBlockMs === undefined ? {} : { reconciledBlockMs: options.reconciledBlockMs }),
+  });
+  return { blocker, metrics };
+}
+
+/** Wraps a runner to count the processes started, per tool and in all. */
+export function counting(inner: Runner): { runner: Runner; calls: (tool?: string) => number; reset: () => void } {
+  const n = new Map<string, number>();
+  return {
+    runner: (file, args, input) => {
+      n.set(file, (n.get(file) ?? 0) + 1);
+      return inner(file, args, input);
+    },
+    calls: (tool) => (tool === undefined ? [...n.values()].reduce((a, b) => a + b, 0) : n.get(tool) ?? 0),
+    reset: () => n.clear(),
+  };
+}
