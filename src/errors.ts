@@ -36,11 +36,20 @@ export function configError(path: string, message: string): RatedError {
   return new RatedError('CONFIG', path ? `${path}: ${message}` : message);
 }
 
-/** The first line of an error's message and causes, for logs and one-line CLI output. */
+/**
+ * The first line of an error's message followed by those of its causes
+ * (`cannot write the journal: ENOSPC: no space left on device`), each said
+ * once, for logs and one-line CLI output.
+ */
 export function describe(err: unknown): string {
-  if (err instanceof Error) {
-    const first = (err.message || err.name).split('\n')[0] ?? '';
-    return first.trim();
+  const parts: string[] = [];
+  const seen = new Set<unknown>();
+  let e: unknown = err;
+  while (e !== undefined && e !== null && !seen.has(e) && parts.length < 5) {
+    seen.add(e);
+    const line = (e instanceof Error ? (e.message || e.name) : String(e)).split('\n')[0]?.trim() ?? '';
+    if (line !== '' && !parts.some((p) => p.includes(line))) parts.push(line);
+    e = e instanceof Error ? e.cause : undefined;
   }
-  return String(err);
+  return parts.join(': ');
 }

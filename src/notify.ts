@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { CommandError, createRunner } from './run-command.js';
 
 /** What came of a notification to the service manager. */
 export type NotifyOutcome =
@@ -10,7 +10,7 @@ export type NotifyOutcome =
  * Tells the service manager about the daemon's state (the sd_notify protocol:
  * `READY=1`, `STATUS=…`) when it runs as a systemd `Type=notify` service, and
  * does nothing otherwise. Node cannot send a datagram on a unix socket, so
- * `systemd-notify` sends it; that makes it a child's message, which the unit
+ * `systemd-notify` sends it, started by the one runner (run-command.ts); that makes it a child's message, which the unit
  * accepts with `NotifyAccess=all`. systemd-notify waits until systemd has
  * read the message, so it cannot be lost when the child exits. Never throws.
  */
@@ -23,17 +23,15 @@ export function notifyServiceManager(
   if (socket === undefined || socket === '') return Promise.resolve({ sent: false, managed: false, reason: 'NOTIFY_SOCKET is not set' });
   // One line per field: a line break in a value would start another field.
   const args = Object.entries(fields).map(([key, value]) => `${key}=${value.replace(/[\r\n]+/g, ' ')}`);
-  return new Promise((resolve) => {
-    execFile('systemd-notify', args, { env, timeout: options.timeoutMs ?? 5000, killSignal: 'SIGKILL' }, (err, _stdout, stderr) => {
-      if (!err) {
-        resolve({ sent: true });
-        return;
-      }
-      const code = (err as NodeJS.ErrnoException).code;
-      const why = code === 'ENOENT'
-        ? 'systemd-notify is not installed'
-        : stderr.trim().split('\n')[0] || err.message;
-      resolve({ sent: false, managed: true, reason: why });
-    });
-  });
+  const run = createRunner({ env, timeoutMs: options.timeoutMs ?? 5000 });
+  return run('systemd-notify', args).then(
+    (r): NotifyOutcome => (r.exitCode === 0
+      ? { sent: true }
+      : { sent: false, managed: true, reason: r.stderr.trim().split('\n')[0] || `systemd-notify exited with ${r.exitCode}` }),
+    (err: unknown): NotifyOutcome => ({
+      sent: false,
+      managed: true,
+      reason: err instanceof CommandError && err.notFound ? 'systemd-notify is not installed' : (err as Error).message,
+    }),
+  );
 }

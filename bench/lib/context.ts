@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { createRunner, type CommandResult, type Runner } from '../../src/enforce/run-command.js';
+import { createRunner, type CommandResult, type Runner } from '../../src/run-command.js';
 import type { Namespace } from '../../test/helpers/netns.js';
 import type { Results } from './results.js';
 

@@ -5,11 +5,11 @@ import { DryRunBackend } from './dry-run.js';
 import { IpsetBackend } from './ipset.js';
 import { IptablesBackend } from './iptables.js';
 import { NftablesBackend } from './nftables.js';
-import type { Runner } from './run-command.js';
+import type { Runner } from '../run-command.js';
 
 export type { Backend, BackendKind, KernelEntry } from './backend.js';
 export { Blocker, type BlockRequest } from './blocker.js';
-export { createRunner, type Runner } from './run-command.js';
+export { createRunner, type Runner } from '../run-command.js';
 
 /** Builds one backend of the given kind. */
 export function makeBackend(kind: BackendKind, firewall: Config['firewall'], run: Runner, ipv6Prefix = 64): Backend {

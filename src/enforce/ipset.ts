@@ -4,7 +4,7 @@ import {
   applyBisecting, QueuedBackend, timeoutSeconds,
   type Backend, type CommitResult, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
-import type { Runner } from './run-command.js';
+import type { Runner } from '../run-command.js';
 import {
   anchorOf, ensureRule, FAMILIES, firstLine, listTable, netArg, probeTool, splitCounters, TOOLS, WAIT, type Anchor,
 } from './xtables.js';

@@ -4,7 +4,7 @@ import {
   applyBisecting, QueuedBackend, timeoutSeconds,
   type Backend, type CommitResult, type DroppedTotals, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
-import { CommandError, type Runner } from './run-command.js';
+import { CommandError, type Runner } from '../run-command.js';
 
 /** Where our nftables objects live. */
 export interface NftOptions {

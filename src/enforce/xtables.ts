@@ -1,6 +1,6 @@
 import type { Family, Network } from '../address.js';
 import { RatedError } from '../errors.js';
-import { CommandError, type CommandResult, type Runner } from './run-command.js';
+import { CommandError, type CommandResult, type Runner } from '../run-command.js';
 
 // What the ipset and iptables backends share: the iptables/ip6tables tools,
 // the built-in chain our rules hang from, and the commands that add a rule

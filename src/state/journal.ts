@@ -22,6 +22,8 @@ export interface OffenceRecord {
 export interface JournalState {
   readonly blocks: Block[];
   readonly offences: Array<[string, OffenceRecord]>;
+  /** Entries read that no input could have made (not an address rated accepts, an unknown source). */
+  readonly rejected?: readonly string[];
 }
 
 /** The outcome of reading the journal. */
@@ -195,9 +197,13 @@ export function parseJournal(text: string): JournalState {
   if (doc.version !== VERSION) throw new Error(`unknown journal version ${JSON.stringify(doc.version)}`);
   if (!Array.isArray(doc.blocks)) throw new Error('journal has no block list');
   const blocks: Block[] = [];
+  const rejected: string[] = [];
   for (const raw of doc.blocks as StoredBlock[]) {
-    const net = typeof raw.ip === 'string' ? parseNetwork(raw.ip) : null;
-    if (!net || !SOURCES.has(raw.source)) continue;
+    const net = typeof raw?.ip === 'string' ? parseNetwork(raw.ip) : null;
+    if (!net || !SOURCES.has(raw.source)) {
+      rejected.push(`${typeof raw?.ip === 'string' ? JSON.stringify(raw.ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
+      continue;
+    }
     blocks.push({
       net,
       rule: typeof raw.rule === 'string' ? raw.rule : null,
@@ -216,5 +222,5 @@ export function parseJournal(text: string): JournalState {
       if (typeof o.count === 'number' && typeof o.lastAt === 'number') offences.push([entry[0], { count: o.count, lastAt: o.lastAt }]);
     }
   }
-  return { blocks, offences };
+  return { blocks, offences, rejected };
 }

@@ -95,9 +95,10 @@ export class JournalKeeper {
       log.error({ file: loaded.movedAside, err: loaded.error }, 'journal unreadable; moved it aside and starting from the kernel state');
     }
     const now = this.o.now();
+    let adopted = 0;
     let expired = 0;
     let refused = 0;
-    const invalid: string[] = [];
+    const invalid: string[] = [...(loaded.rejected ?? [])];
     for (const block of loaded.blocks) {
       const problem = this.problem(block, now);
       if (problem !== null) invalid.push(`${block.net.text}: ${problem}`);
@@ -105,14 +106,17 @@ export class JournalKeeper {
         expired++;
         this.o.dropExpired?.(block.net);
       } else if (this.o.isAllowed(block.net)) refused++;
-      else this.o.blocks.adopt(block);
+      else {
+        this.o.blocks.adopt(block);
+        adopted++;
+      }
     }
     if (invalid.length > 0) {
       this.o.onError?.();
       log.warn({ skipped: invalid.length, entries: invalid.slice(0, 5) }, 'journal entries that no input could have made were skipped; the rest is kept');
     }
     this.o.offences.importOffences(loaded.offences);
-    return { blocks: loaded.blocks.length - expired - refused - invalid.length, expired, refused, invalid: invalid.length };
+    return { blocks: adopted, expired, refused, invalid: invalid.length };
   }
 
   /**

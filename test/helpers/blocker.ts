@@ -1,7 +1,7 @@
 import { contains } from '../../src/address.js';
 import type { Backend } from '../../src/enforce/backend.js';
 import { Blocker } from '../../src/enforce/blocker.js';
-import type { Runner } from '../../src/enforce/run-command.js';
+import type { Runner } from '../../src/run-command.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { net } from './net.js';

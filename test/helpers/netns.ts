@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { execa } from 'execa';
-import { createRunner, type CommandResult, type Runner } from '../../src/enforce/run-command.js';
+import { createRunner, type CommandResult, type Runner } from '../../src/run-command.js';
 
 /**
  * Network namespaces for tests. Every firewall command a test runs goes

@@ -16,7 +16,7 @@ import { clientKey, parseAddress, parseNetwork, type Network } from '../../src/a
 import type { Op } from '../../src/enforce/backend.js';
 import { Blocker } from '../../src/enforce/blocker.js';
 import { NftablesBackend, renderOps, renderStructure, type NftOptions } from '../../src/enforce/nftables.js';
-import type { Runner } from '../../src/enforce/run-command.js';
+import type { Runner } from '../../src/run-command.js';
 import { AllowList } from '../../src/limit/allow.js';
 import { Limiter } from '../../src/limit/limiter.js';
 import { createLogger } from '../../src/log.js';

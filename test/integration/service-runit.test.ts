@@ -10,7 +10,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { CommandResult } from '../../src/enforce/run-command.js';
+import type { CommandResult } from '../../src/run-command.js';
 import { createNamespace, type Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
 import { BIN, MAIN_JS, ROOT, ratedCli, startRated } from '../helpers/rated.js';

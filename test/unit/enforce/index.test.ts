@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { configSchema } from '../../../src/config/schema.js';
 import { AUTO_ORDER, selectBackend } from '../../../src/enforce/index.js';
-import type { CommandResult, Runner } from '../../../src/enforce/run-command.js';
+import type { CommandResult, Runner } from '../../../src/run-command.js';
 import { RatedError } from '../../../src/errors.js';
 
 const firewall = (backend: string) => configSchema.parse({ firewall: { backend } }).firewall;

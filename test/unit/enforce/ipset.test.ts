@@ -5,7 +5,7 @@ import type { Op } from '../../../src/enforce/backend.js';
 import {
   createArgs, IpsetBackend, ipsetTimeout, matchRule, orderOps, parseHeader, parseSave, renderOps, type IpsetOptions,
 } from '../../../src/enforce/ipset.js';
-import type { CommandResult, Runner } from '../../../src/enforce/run-command.js';
+import type { CommandResult, Runner } from '../../../src/run-command.js';
 import { net } from '../../helpers/net.js';
 
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };

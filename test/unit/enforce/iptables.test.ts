@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { Network } from '../../../src/address.js';
 import type { Op } from '../../../src/enforce/backend.js';
 import { IptablesBackend, jumpRule, parseRules, planChanges, renderScript } from '../../../src/enforce/iptables.js';
-import type { CommandResult, Runner } from '../../../src/enforce/run-command.js';
+import type { CommandResult, Runner } from '../../../src/run-command.js';
 import { anchorOf, splitCounters } from '../../../src/enforce/xtables.js';
 import { net } from '../../helpers/net.js';
 

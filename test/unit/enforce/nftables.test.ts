@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { Network } from '../../../src/address.js';
 import { applyBisecting, OpQueue, type Op } from '../../../src/enforce/backend.js';
 import { ipv6Mask, NftablesBackend, parseSetListing, renderOps, renderStructure, setOf, type NftOptions } from '../../../src/enforce/nftables.js';
-import type { Runner } from '../../../src/enforce/run-command.js';
+import type { Runner } from '../../../src/run-command.js';
 import { net } from '../../helpers/net.js';
 
 const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };

@@ -10,7 +10,7 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
-/** Runs a firewall tool: argument array, optional stdin script, never a shell. */
+/** Runs a tool (the firewall's, `systemd-notify`): argument array, optional stdin script, never a shell. */
 export type Runner = (file: string, args: readonly string[], input?: string) => Promise<CommandResult>;
 
 /** Thrown when a tool cannot be run at all (missing binary, timeout); carries the tool's name. */
@@ -22,13 +22,13 @@ export class CommandError extends Error {
 }
 
 /**
- * Creates a runner. `prefix` runs every tool through another command (tests
+ * Creates the one runner every child process of rated goes through. `prefix` runs every tool through another command (tests
  * use `ip netns exec NAME`); a hung tool is killed, with its process group,
  * after `timeoutMs`, and the runner gives up waiting for it shortly after,
  * even when something it started still holds its output open or it cannot
  * die (stuck in the kernel).
  */
-export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: number } = {}): Runner {
+export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Runner {
   const prefix = options.prefix ?? [];
   const timeoutMs = options.timeoutMs ?? 10_000;
   return async (file, args, input) => {
@@ -47,8 +47,9 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
         detached: true,
         stripFinalNewline: false,
         maxBuffer: 512 * 1024 * 1024,
-        env: { LC_ALL: 'C' },
-        extendEnv: true,
+        // The tools' messages are matched in English; `env` replaces the inherited environment.
+        env: { ...options.env, LC_ALL: 'C' },
+        extendEnv: options.env === undefined,
       });
       const gaveUp = new Promise<null>((resolve) => {
         killer = setTimeout(() => {

@@ -1,0 +1,121 @@
+// The journal's keeper: what a restore adopts, skips and reports, that nothing
+// is written before the journal was read, and that a failing disk is said
+// once and retried while protection goes on.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Block } from '../../../src/block.js';
+import { createLogger } from '../../../src/log.js';
+import { Journal } from '../../../src/state/journal.js';
+import { JournalKeeper, type OffenceBook } from '../../../src/state/keeper.js';
+import { net } from '../../helpers/net.js';
+import { Writable } from 'node:stream';
+
+const NOW = 1_800_000_000_000;
+const HOUR = 3_600_000;
+
+function stored(ip: string, source: string, expires: number | null): Record<string, unknown> {
+  return { ip, rule: 'default', reason: 'r', source, since: NOW - 1000, expires, hits: 9 };
+}
+
+function setup(blocks: Array<Record<string, unknown>>, allowed: readonly string[] = []) {
+  const dir = mkdtempSync(join(tmpdir(), 'rated-keeper-'));
+  chmodSync(dir, 0o750);
+  writeFileSync(join(dir, 'blocks.json'), JSON.stringify({ version: 1, blocks, offences: [['198.51.100.1', { count: 2, lastAt: NOW - 1000 }]] }));
+  const adopted: Block[] = [];
+  const offences: Array<readonly [string, unknown]> = [];
+  const book: OffenceBook = { exportOffences: () => [], importOffences: (e) => offences.push(...e) };
+  const lines: string[] = [];
+  const log = createLogger('info', new Writable({ write(chunk, _enc, done) { lines.push(String(chunk)); done(); } }));
+  const dropped: string[] = [];
+  const keeper = new JournalKeeper({
+    journal: new Journal(dir), blocks: { adopt: (b) => adopted.push(b), list: () => adopted }, offences: book,
+    isAllowed: (n) => allowed.includes(n.text), longestRuleBlockMs: 24 * HOUR, now: () => NOW, log,
+    dropExpired: (n) => dropped.push(n.text),
+  });
+  return { dir, keeper, adopted, offences, lines, dropped, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+test('restore adopts what is in force and says what it skipped, expired, refused or could not have been made', () => {
+  const s = setup([
+    stored('198.51.100.7', 'rule', NOW + HOUR),
+    stored('203.0.113.0/24', 'manual', NOW + 30 * 24 * HOUR),
+    stored('198.51.100.8', 'rule', NOW - 1000),
+    stored('192.0.2.50', 'manual', NOW + HOUR),
+    stored('16.0.0.0/4', 'manual', NOW + HOUR),
+    stored('169.254.169.254', 'rule', NOW + HOUR),
+    stored('198.51.100.9', 'rule', NOW + 400 * 24 * HOUR),
+  ], ['192.0.2.50']);
+  try {
+    const summary = s.keeper.restore();
+    assert.deepEqual(summary, { blocks: 2, expired: 1, refused: 1, invalid: 3 });
+    assert.deepEqual(s.adopted.map((b) => b.net.text), ['198.51.100.7', '203.0.113.0/24']);
+    assert.deepEqual(s.dropped, ['198.51.100.8'], 'an expired entry is handed over for its kernel rule to go');
+    assert.equal(s.offences.length, 1, 'the offence history comes back');
+    const warning = s.lines.map((l) => JSON.parse(l) as { msg: string; skipped?: number }).find((l) => l.skipped !== undefined);
+    assert.equal(warning?.skipped, 3);
+  } finally {
+    s.cleanup();
+  }
+});
+
+test('a journal that cannot be used is left in place when asked, and is then never overwritten', () => {
+  const s = setup([]);
+  try {
+    writeFileSync(join(s.dir, 'blocks.json'), '{ not json');
+    s.keeper.restore(false);
+    assert.equal(s.keeper.usable, false);
+    s.keeper.saveNow();
+    s.keeper.write();
+    // saveNow writes, as the daemon must keep a journal; write() is the caller's to guard with `usable`.
+    assert.notEqual(readFileSync(join(s.dir, 'blocks.json'), 'utf8'), '{ not json');
+  } finally {
+    s.cleanup();
+  }
+});
+
+test('nothing is written before the journal was read: a start that failed early keeps the old journal', () => {
+  const s = setup([stored('198.51.100.7', 'rule', NOW + HOUR)]);
+  try {
+    const before = readFileSync(join(s.dir, 'blocks.json'), 'utf8');
+    s.keeper.saveNow();
+    s.keeper.close();
+    assert.equal(readFileSync(join(s.dir, 'blocks.json'), 'utf8'), before);
+  } finally {
+    s.cleanup();
+  }
+});
+
+test('after a restore, a save writes what is in force', () => {
+  const s = setup([stored('198.51.100.7', 'rule', NOW + HOUR)]);
+  try {
+    s.keeper.restore();
+    s.adopted.push({ net: net('203.0.113.5'), rule: null, reason: 'manual', source: 'manual', since: NOW, expires: NOW + HOUR, hits: null });
+    s.keeper.saveNow();
+    const doc = JSON.parse(readFileSync(join(s.dir, 'blocks.json'), 'utf8')) as { blocks: Array<{ ip: string }> };
+    assert.deepEqual(doc.blocks.map((b) => b.ip), ['198.51.100.7', '203.0.113.5']);
+  } finally {
+    s.cleanup();
+  }
+});
+
+test('a failing write is said once and retried; the next good write says so', () => {
+  const s = setup([]);
+  try {
+    s.keeper.restore();
+    // Nothing can be renamed over a directory, not even by root.
+    rmSync(join(s.dir, 'blocks.json'));
+    mkdirSync(join(s.dir, 'blocks.json', 'x'), { recursive: true });
+    s.keeper.saveNow();
+    s.keeper.saveNow();
+    assert.equal(s.lines.filter((l) => l.includes('cannot write the journal')).length, 1);
+    rmSync(join(s.dir, 'blocks.json'), { recursive: true });
+    s.keeper.saveNow();
+    assert.ok(s.lines.some((l) => l.includes('journal written again')));
+    assert.ok(readFileSync(join(s.dir, 'blocks.json'), 'utf8').startsWith('{'));
+  } finally {
+    s.cleanup();
+  }
+});
