@@ -98,7 +98,8 @@ export class Daemon implements ControlApi {
       this.intervals.clear();
       this.unwatch?.();
       await this.receivers?.close();
-      if (this.core) {
+      // Null when start() failed before the core was built.
+      if ((this.core as Core | undefined) !== undefined) {
         // A daemon that never started protecting has nothing of its own to flush.
         if (this.c.firewall.flushOnExit && this.started) {
           const n = await this.core.blocker.flush().catch((err: unknown) => (this.log.error({ err: describe(err) }, 'flush on exit failed'), 0));
@@ -108,20 +109,20 @@ export class Daemon implements ControlApi {
       }
       await this.control?.close();
       await this.redis?.close();
-      this.core?.keeper?.close();
-      this.log.info({ blocks: this.core?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');
+      (this.core as Core | undefined)?.keeper?.close();
+      this.log.info({ blocks: (this.core as Core | undefined)?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');
     })();
     return this.stopping;
   }
 
   /** The control API (SPEC §8). */
-  async status(): Promise<Record<string, unknown>> {
-    return statusView({
+  status(): Promise<Record<string, unknown>> {
+    return Promise.resolve(statusView({
       startedAt: this.startedAt, config: this.options.source, backend: this.backend.kind, stats: this.stats,
       table: this.backend.kind === 'dry-run' ? null : this.c.firewall.table, receivers: this.receivers?.status() ?? {},
       trackedClients: this.core.limiter.tracked(), activeBlocks: this.core.blocker.size,
       redis: this.redis?.status() ?? null, lastErrors: this.core.blocker.lastErrors,
-    });
+    }));
   }
 
   blocks = (): Promise<BlockView[]> => this.core.blocker.views();

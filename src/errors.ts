@@ -1,3 +1,5 @@
+import { inspect } from 'node:util';
+
 /** Exit codes of the CLI (SPEC §2). */
 export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
 
@@ -47,7 +49,7 @@ export function describe(err: unknown): string {
   let e: unknown = err;
   while (e !== undefined && e !== null && !seen.has(e) && parts.length < 5) {
     seen.add(e);
-    const line = (e instanceof Error ? (e.message || e.name) : String(e)).split('\n')[0]?.trim() ?? '';
+    const line = (e instanceof Error ? (e.message || e.name) : typeof e === 'string' ? e : inspect(e, { depth: 1, breakLength: Infinity })).split('\n')[0]?.trim() ?? '';
     if (line !== '' && !parts.some((p) => p.includes(line))) parts.push(line);
     e = e instanceof Error ? e.cause : undefined;
   }

@@ -59,10 +59,12 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
         }, timeoutMs);
       });
       const result = await Promise.race([child, gaveUp]);
+      // timedOut is set by the timer above while the race runs.
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- written by the killer timer
       if (timedOut || result === null) {
         // Whatever still holds the pipes must not keep this process busy.
-        child.stdout?.destroy();
-        child.stderr?.destroy();
+        child.stdout.destroy();
+        child.stderr.destroy();
         void Promise.resolve(child).catch(() => undefined);
         throw new CommandError(file, `${file} did not finish within ${timeoutMs} ms and was killed`, false);
       }
@@ -71,7 +73,7 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
         const notFound = code === 'ENOENT';
         throw new CommandError(file, notFound ? `${file}: command not found` : `${file}: ${result.shortMessage}`, notFound, { cause: result.cause });
       }
-      return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout), stderr: String(result.stderr) };
+      return { exitCode: result.exitCode ?? 1, stdout: result.stdout, stderr: result.stderr };
     } catch (err) {
       if (err instanceof CommandError) throw err;
       throw new CommandError(file, `${file}: ${(err as Error).message}`, false, { cause: err });

@@ -86,7 +86,7 @@ export class Results {
 
 /** One row as a sentence, for the progress output. */
 function describeRow(r: Row): string {
-  const value = r.value === null ? 'n/a' : `${formatValue(r.value, r.unit)}`;
+  const value = r.value === null ? 'n/a' : formatValue(r.value, r.unit);
   const base = r.baseline ? ` (baseline ${r.baseline.name}: ${formatValue(r.baseline.value, r.baseline.unit)})` : '';
   const ratio = r.ratio === null ? '' : `, ratio ${formatRatio(r.ratio)}`;
   const target = r.target ? `, target ${formatTarget(r.target, r.unit)}: ${r.met === null ? 'n/a' : r.met ? 'met' : 'MISSED'}` : '';

@@ -54,8 +54,8 @@ export async function runWrk(o: WrkOptions): Promise<WrkResult> {
     timeout: (o.seconds + 30) * 1000,
     killSignal: 'SIGKILL',
   });
-  if (r.exitCode !== 0) throw new Error(`wrk ${o.url} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${String(r.stderr).trim() || String(r.stdout).trim()}`);
-  return parseWrk(String(r.stdout));
+  if (r.exitCode !== 0) throw new Error(`wrk ${o.url} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${r.stderr.trim() || r.stdout.trim()}`);
+  return parseWrk(r.stdout);
 }
 
 /** Reads wrk's text report. */

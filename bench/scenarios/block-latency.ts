@@ -88,8 +88,8 @@ async function offenders(ctx: BenchContext, ns: Namespace, first: number, count:
     'nice', '-n', '-10', process.execPath, tool('offenders.mjs'), String(PORT), TABLE, PATH, String(first), String(count), String(INTERVAL_MS)], {
     reject: false, input: '', timeout: seconds * 1000, killSignal: 'SIGKILL',
   });
-  if (r.exitCode !== 0) throw new Error(`offenders.mjs failed (${r.exitCode ?? r.signal ?? 'killed'}): ${String(r.stderr).trim() || String(r.stdout).trim()}`);
-  return (JSON.parse(String(r.stdout).trim()) as { samples: Sample[] }).samples;
+  if (r.exitCode !== 0) throw new Error(`offenders.mjs failed (${r.exitCode ?? r.signal ?? 'killed'}): ${r.stderr.trim() || r.stdout.trim()}`);
+  return (JSON.parse(r.stdout.trim()) as { samples: Sample[] }).samples;
 }
 
 async function measure(ctx: BenchContext, ns: Namespace, rated: BenchRated, totals: { idle: number; loaded: number }): Promise<void> {

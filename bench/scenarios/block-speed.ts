@@ -128,7 +128,7 @@ async function storm(ctx: BenchContext, n: number): Promise<number> {
       const note = `${(2 * n).toLocaleString('en-US')} notifications sent in ${((sent - t0) / 1000).toFixed(2)} s; `
         + `${inKernel.toLocaleString('en-US')} of ${n.toLocaleString('en-US')} in the set; ${status.firewall.batches} nft batches`
         + `${status.firewall.refused ? `, ${status.firewall.refused} refused` : ''}; rated holds ${status.activeBlocks.toLocaleString('en-US')} blocks`
-        + `${absent.length > 0 ? `; missing from the set: ${absent.slice(0, 5).join(', ')}${absent.length > 5 ? ', …' : ''}` : ''}`
+        + (absent.length > 0 ? `; missing from the set: ${absent.slice(0, 5).join(', ')}${absent.length > 5 ? ', …' : ''}` : '')
         + '; times end when rated\'s status first counts every add as applied by nft (polled every 10 ms), then a listing confirms the set';
       ctx.results.add(NAME, {
         name: `storm of ${label}: last notification → all in the kernel`,
@@ -164,8 +164,8 @@ async function spawnEach(ctx: BenchContext, ns: Namespace, toolName: 'nft' | 'ip
     process.execPath, tool('one-per-address.mjs'), toolName, String(count), String(first)], {
     reject: false, input: '', timeout: 600_000, killSignal: 'SIGKILL',
   });
-  if (r.exitCode !== 0) throw new Error(`one-per-address ${toolName} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${String(r.stderr).trim()}`);
-  const out = JSON.parse(String(r.stdout).trim()) as { count: number; seconds: number; failed: number; error: string };
+  if (r.exitCode !== 0) throw new Error(`one-per-address ${toolName} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${r.stderr.trim()}`);
+  const out = JSON.parse(r.stdout.trim()) as { count: number; seconds: number; failed: number; error: string };
   if (out.failed > 0) throw new Error(`${out.failed} of ${count} ${toolName} processes failed: ${out.error}`);
   return out.seconds / count;
 }

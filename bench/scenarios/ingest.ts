@@ -119,7 +119,7 @@ async function flood(ctx: BenchContext, ns: Namespace, port: number, seconds: nu
     process.execPath, tool('udp-flood.mjs'), String(port), String(seconds), String(rate), String(ADDRESSES)], {
     timeout: (seconds + 30) * 1000, killSignal: 'SIGKILL', input: '',
   });
-  const out = JSON.parse(String(r.stdout).trim()) as { sent: number; seconds: number };
+  const out = JSON.parse(r.stdout.trim()) as { sent: number; seconds: number };
   let last = -1;
   let now = await count();
   for (let i = 0; i < 50 && now !== last; i++) {

@@ -106,8 +106,8 @@ async function feed(ctx: BenchContext, ns: Namespace, rated: BenchRated, family:
         String(LINES_PER_DATAGRAM), String(rate), String(seconds)], {
         reject: false, input: '', timeout: (seconds + 30) * 1000, killSignal: 'SIGKILL',
       });
-      if (r.exitCode !== 0) throw new Error(`udp-lines.mjs failed (${r.exitCode ?? r.signal ?? 'killed'}): ${String(r.stderr).trim()}`);
-      const out = JSON.parse(String(r.stdout).trim()) as { lines: number; datagrams: number; failed: number; seconds: number };
+      if (r.exitCode !== 0) throw new Error(`udp-lines.mjs failed (${r.exitCode ?? r.signal ?? 'killed'}): ${r.stderr.trim()}`);
+      const out = JSON.parse(r.stdout.trim()) as { lines: number; datagrams: number; failed: number; seconds: number };
       const took = (await settled(rated)) - before;
       parts++;
       sent += out.lines;

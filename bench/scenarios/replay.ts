@@ -52,8 +52,8 @@ export const replay: Scenario = {
       const t0 = performance.now();
       const r = await execa(cmd, args, { reject: false, cwd: ROOT, input: '', timeout: 300_000, killSignal: 'SIGKILL', maxBuffer: 1024 * 1024 * 1024 });
       const seconds = (performance.now() - t0) / 1000;
-      if (r.exitCode !== 0) throw new Error(`${key} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${String(r.stderr).trim().split('\n').slice(-3).join(' ')}`);
-      if (file === log) outputs.set(key, String(r.stdout));
+      if (r.exitCode !== 0) throw new Error(`${key} failed (${r.exitCode ?? r.signal ?? 'killed'}): ${r.stderr.trim().split('\n').slice(-3).join(' ')}`);
+      if (file === log) outputs.set(key, r.stdout);
       return seconds;
     };
     // Start-up is measured on a one-line log and taken off, so the figure is the reading speed.
@@ -107,7 +107,7 @@ async function fail2ban(ctx: BenchContext, log: string, ratedRate: number): Prom
   const timed = async (file: string): Promise<{ seconds: number; stdout: string; stderr: string; exitCode: number | undefined }> => {
     const t0 = performance.now();
     const r = await execa(FAIL2BAN, [file, FAIL2BAN_REGEX], { reject: false, timeout: 300_000, input: '' });
-    return { seconds: (performance.now() - t0) / 1000, stdout: String(r.stdout), stderr: String(r.stderr), exitCode: r.exitCode };
+    return { seconds: (performance.now() - t0) / 1000, stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
   };
   const startup = (await timed(tiny)).seconds;
   const r = await timed(slice);

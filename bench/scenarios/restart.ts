@@ -80,7 +80,7 @@ async function prepare(ctx: BenchContext, ns: Namespace, dir: string, n: number)
   const rated = await startBenchRated({ namespace: ns, scratch: ctx.scratch, cpus: ctx.cpus.server, http: 9101, rules: [RULE], dir, startTimeoutMs: 120_000 });
   await rated.stop();
   const journal = join(dir, 'state', 'blocks.json');
-  await waitFor(() => existsSync(journal), { timeoutMs: 5000, what: `${journal}` });
+  await waitFor(() => existsSync(journal), { timeoutMs: 5000, what: journal });
   const saved = (JSON.parse(readFileSync(journal, 'utf8')) as { blocks?: unknown[] }).blocks?.length ?? 0;
   if (saved !== n) throw new Error(`the journal holds ${saved} blocks after adopting ${n}`);
 }

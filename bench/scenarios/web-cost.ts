@@ -10,7 +10,7 @@ import { lastWords, tool, type BenchContext, type Scenario } from '../lib/contex
 import { interleave, median, spread } from '../lib/interleave.js';
 import { startBenchNginx, type BenchNginx, type Report } from '../lib/nginx.js';
 import { spawnProc, type Proc } from '../lib/proc.js';
-import { arrived, startBenchRated, type BenchRated, type RatedRule, type RatedStatus } from '../lib/rated.js';
+import { arrived, startBenchRated, type BenchRated, type RatedRule } from '../lib/rated.js';
 import { LUA, runWrk, type WrkResult } from '../lib/wrk.js';
 import { bareUdpCount } from './ingest.js';
 
@@ -93,7 +93,7 @@ export const webCost: Scenario = {
           continue;
         }
         const r = rated;
-        counters.set(input, async () => arrived((await r.status() as RatedStatus).receivers[input]));
+        counters.set(input, async () => arrived((await r.status()).receivers[input]));
       }
 
       const urls = new Map<string, string>();

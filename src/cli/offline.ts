@@ -19,11 +19,11 @@ import { Metrics } from '../metrics.js';
 export async function offline<T>(config: Config, readKernel: boolean, act: (op: Operator) => Promise<T>): Promise<T> {
   const backend = await kernelOf(config);
   const allow = AllowList.fromConfig([...config.allow], config.allowSelf);
-  let changed = false;
+  const seen = { changed: false };
   const { blocker, operator, keeper } = assemble({
     config, backend, allow, log: createLogger('silent'), now: steadyClock(), autosave: false,
     metrics: new Metrics({ activeBlocks: () => blocker.size, trackedClients: () => 0 }),
-    onChange: () => (changed = true),
+    onChange: () => (seen.changed = true),
   });
   keeper?.restore(false);
   if (readKernel) {
@@ -37,7 +37,7 @@ export async function offline<T>(config: Config, readKernel: boolean, act: (op: 
     // The kernel still holds what it refused: the journal keeps it too.
     throw new RatedError('FIREWALL_FAILED', `the firewall refused the change: ${blocker.lastErrors.at(-1)?.error ?? 'unknown error'}`);
   }
-  if (changed && keeper?.usable) keeper.write();
+  if (seen.changed && keeper?.usable) keeper.write();
   return result;
 }
 

@@ -50,8 +50,8 @@ export function callApi(socketPath: string, method: string, path: string, body?:
 
 /** The error a failed API answer stands for. */
 export function apiError(res: ApiResponse): RatedError {
-  const body = res.body as { error?: string; code?: string } | undefined;
-  const message = typeof body === 'object' && body?.error ? body.error : `control API answered ${res.status}`;
+  const body = res.body as { error?: unknown } | null;
+  const message = typeof body === 'object' && body !== null && typeof body.error === 'string' ? body.error : `control API answered ${res.status}`;
   if (res.status === 400) return new RatedError('USAGE', message);
   if (res.status === 404) return new RatedError('NOT_FOUND', message);
   if (res.status === 409) return new RatedError('REFUSED', message);

@@ -54,14 +54,14 @@ export class ControlServer {
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = pathOf(req.url ?? '/');
     const method = req.method ?? 'GET';
-    if (path === '/status' && method === 'GET') return send(res, 200, await this.api.status());
+    if (path === '/status' && method === 'GET') { send(res, 200, await this.api.status()); return; }
     if (path === '/metrics' && method === 'GET') {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
       res.end(await this.api.metrics());
       return;
     }
     if (path === '/blocks') {
-      if (method === 'GET') return send(res, 200, await this.api.blocks());
+      if (method === 'GET') { send(res, 200, await this.api.blocks()); return; }
       if (method === 'POST') {
         const body = await readJson(req);
         const ip = body.ip;
@@ -73,16 +73,16 @@ export class ControlServer {
         const reason = body.reason;
         if (reason !== undefined && typeof reason !== 'string') throw new RatedError('USAGE', 'reason: expected text');
         const result = await this.api.block({ ip, ...(forValue === undefined ? {} : { for: forValue }), ...(reason === undefined ? {} : { reason }) });
-        return send(res, result.outcome === 'added' ? 201 : 200, { ...result.block, outcome: result.outcome });
+        send(res, result.outcome === 'added' ? 201 : 200, { ...result.block, outcome: result.outcome }); return;
       }
-      if (method === 'DELETE') return send(res, 200, { lifted: await this.api.flush() });
-      return send(res, 405, { error: `${method} is not allowed on /blocks` });
+      if (method === 'DELETE') { send(res, 200, { lifted: await this.api.flush() }); return; }
+      send(res, 405, { error: `${method} is not allowed on /blocks` }); return;
     }
     if (path.startsWith('/blocks/') && method === 'DELETE') {
       const ip = decodeTarget(path.slice('/blocks/'.length));
       const lifted = await this.api.unblock(ip);
-      if (!lifted) return send(res, 404, { error: `${ip} is not blocked`, code: 'NOT_FOUND' });
-      return send(res, 200, lifted);
+      if (!lifted) { send(res, 404, { error: `${ip} is not blocked`, code: 'NOT_FOUND' }); return; }
+      send(res, 200, lifted); return;
     }
     send(res, 404, { error: `no such endpoint: ${method} ${path}` });
   }

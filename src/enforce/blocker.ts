@@ -313,13 +313,13 @@ export class Blocker {
       if (changed.has(block.net.text)) continue;
       if (this.coveredByOther(block)) continue;
       const entry = seen.get(block.net.text);
-      const remaining = block.expires === null ? null : block.expires - now;
-      if (remaining === null) continue;
+      if (block.expires === null) continue;
+      const remaining = block.expires - now;
       // Kernel expiry is read in whole seconds; renew only when clearly short.
       // A block longer than the kernel's longest timeout is renewed once the
       // kernel's time is half gone.
       const cap = this.backend.maxTimeoutMs;
-      const due = cap === undefined ? block.expires! - 2000 : Math.min(block.expires! - 2000, now + cap / 2);
+      const due = cap === undefined ? block.expires - 2000 : Math.min(block.expires - 2000, now + cap / 2);
       if (!entry || (entry.expiresAt !== null && entry.expiresAt < due)) {
         this.backend.add(block.net, remaining, entry !== undefined);
         added++;

@@ -316,8 +316,9 @@ export class NftablesBackend extends QueuedBackend implements Backend {
     const items = (JSON.parse(result.stdout) as { nftables?: Json[] }).nftables ?? [];
     const ours = items.filter((item) => {
       const [kind, body] = Object.entries(item)[0] ?? [];
-      const o = body as Json | undefined;
-      return kind === 'table' ? o?.name === this.options.table : o?.table === this.options.table && o?.family === 'inet';
+      if (body === undefined) return false;
+      const o = body as Json;
+      return kind === 'table' ? o.name === this.options.table : o.table === this.options.table && o.family === 'inet';
     });
     return ours.some((item) => 'table' in item) ? ours : null;
   }

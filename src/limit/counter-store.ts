@@ -77,16 +77,18 @@ export class MemoryCounterStore implements CounterStore {
     this.clients = new LRUCache({ max: maxClients });
   }
 
-  async count(batch: readonly CountRequest[]): Promise<CountResult[]> {
-    return batch.map((req) => this.countOne(req));
+  count(batch: readonly CountRequest[]): Promise<CountResult[]> {
+    return Promise.resolve(batch.map((req) => this.countOne(req)));
   }
 
-  async forget(client: string): Promise<void> {
+  forget(client: string): Promise<void> {
     this.clients.delete(client);
+    return Promise.resolve();
   }
 
-  async close(): Promise<void> {
+  close(): Promise<void> {
     this.clients.clear();
+    return Promise.resolve();
   }
 
   private countOne(req: CountRequest): CountResult {
@@ -97,13 +99,13 @@ export class MemoryCounterStore implements CounterStore {
     }
     const counts: number[] = [];
     let tripped = false;
-    this.rules.forEach((rule, i) => {
+    for (const [i, rule] of this.rules.entries()) {
       const n = req.hits[i] ?? 0;
       let c = 0;
       for (let k = 0; k < n; k++) c = add(state, this.offsets[i] ?? 0, rule.window, req.at);
       counts.push(c);
       if (c > rule.limit) tripped = true;
-    });
+    }
     if (tripped) this.clients.delete(req.client);
     return { counts, tripped };
   }

@@ -170,7 +170,8 @@ class Follower {
   async pollNow(): Promise<void> {
     while (this.polling) await this.polling;
     this.kick();
-    await this.polling;
+    // kick() started a poll; the loop above cannot know.
+    await (this.polling as Promise<void> | null);
   }
 
   async close(): Promise<void> {

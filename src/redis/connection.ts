@@ -143,7 +143,7 @@ export class RedisLink {
       this.client = new Redis(options);
       this.subscriber = new Redis(options);
     }
-    this.commands = this.client as unknown as Commands;
+    this.commands = this.client;
     // A cluster is "ready" as soon as its slot map is read, which a failover
     // in progress does not prevent: there it is up only when it covers every slot.
     this.client.on('ready', () => {
@@ -373,7 +373,7 @@ export class RedisLink {
     try {
       await this.bounded(() => Promise.all(targets.map((t) => t.ping())));
       if (masters !== null) {
-        const states = await this.bounded(() => Promise.all(masters.map((m) => m.cluster('INFO') as Promise<string>)));
+        const states = await this.bounded(() => Promise.all(masters.map((m) => m.cluster('INFO'))));
         const failing = states.find((info) => !/^cluster_state:ok\r?$/m.test(info));
         if (failing !== undefined) {
           this.lastErrorText = `Redis Cluster state is ${/^cluster_state:(\w+)/m.exec(failing)?.[1] ?? 'unknown'}: a master's slots have no master yet`;

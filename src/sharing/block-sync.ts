@@ -179,6 +179,8 @@ export class BlockSync {
         if (!this.link.up) return;
         await this.syncOnce();
         this.stats.syncs++;
+        // Set by a message that arrived while this sync ran.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- written by onMessage meanwhile
       } while (this.syncAgain);
     } catch (err) {
       this.failed('resynchronise blocks', err);

@@ -198,10 +198,12 @@ export function parseJournal(text: string): JournalState {
   if (!Array.isArray(doc.blocks)) throw new Error('journal has no block list');
   const blocks: Block[] = [];
   const rejected: string[] = [];
-  for (const raw of doc.blocks as StoredBlock[]) {
-    const net = typeof raw?.ip === 'string' ? parseNetwork(raw.ip) : null;
-    if (!net || !SOURCES.has(raw.source)) {
-      rejected.push(`${typeof raw?.ip === 'string' ? JSON.stringify(raw.ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
+  // Read as what it may be: any JSON at all.
+  for (const raw of doc.blocks as Array<Partial<StoredBlock> | null>) {
+    const ip = raw?.ip;
+    const net = typeof ip === 'string' ? parseNetwork(ip) : null;
+    if (!raw || !net || raw.source === undefined || !SOURCES.has(raw.source)) {
+      rejected.push(`${typeof ip === 'string' ? JSON.stringify(ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
       continue;
     }
     blocks.push({

@@ -138,7 +138,7 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 
 function apply(s: string, m: Mutation): string {
   // Work on code points, so a mutation never splits a surrogate pair unless it means to.
-  const cps = [...s];
+  const cps = Array.from(s);
   const at = (n: number): number => (cps.length === 0 ? 0 : n % (cps.length + 1));
   switch (m.kind) {
     case 'insert': { const i = at(m.at); cps.splice(i, 0, m.text); return cps.join(''); }

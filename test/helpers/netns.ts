@@ -25,7 +25,7 @@ let netCounter = 0;
 
 async function ip(args: readonly string[]): Promise<CommandResult> {
   const r = await execa('ip', args, { reject: false, shell: false, input: '', env: { LC_ALL: 'C' }, extendEnv: true });
-  return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+  return { exitCode: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr };
 }
 
 async function mustIp(args: readonly string[]): Promise<void> {

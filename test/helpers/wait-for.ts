@@ -23,7 +23,7 @@ export async function waitFor<T>(fn: () => T | Promise<T>, options: WaitForOptio
   for (;;) {
     try {
       const value = await fn();
-      if (value) return value as NonNullable<T>;
+      if (value) return value;
       last = value;
       lastError = undefined;
     } catch (err) {
@@ -33,7 +33,7 @@ export async function waitFor<T>(fn: () => T | Promise<T>, options: WaitForOptio
     await delay(Math.min(intervalMs, Math.max(0, deadline - Date.now())));
   }
   const seen = lastError !== undefined
-    ? `last error: ${lastError instanceof Error ? lastError.message : String(lastError)}`
+    ? `last error: ${lastError instanceof Error ? lastError.message : JSON.stringify(lastError)}`
     : `last value: ${JSON.stringify(last)}`;
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${options.what ?? 'a condition'} (${seen})`, { cause: lastError });
 }

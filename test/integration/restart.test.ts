@@ -113,7 +113,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
   /** The blocks without what they dropped: live counters, which the offender's traffic moves between two reads. */
   function withoutCounters(blocks: Array<BlockJson & { dropped?: unknown }>): BlockJson[] {
     for (const b of blocks) {
-      assert.ok(b.dropped === null || (typeof b.dropped === 'object' && 'packets' in (b.dropped as object)), `dropped is null or counters: ${JSON.stringify(b)}`);
+      assert.ok(b.dropped === null || (typeof b.dropped === 'object' && 'packets' in (b.dropped)), `dropped is null or counters: ${JSON.stringify(b)}`);
       delete b.dropped;
     }
     return blocks;
@@ -426,7 +426,7 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
       ['garbage', () => writeFileSync(path, '{"version":1,"blocks":[{"ip":"192.0.2.'),
         (file) => assert.equal(readFileSync(file, 'utf8'), '{"version":1,"blocks":[{"ip":"192.0.2.', 'the bad journal is kept for inspection')],
       ['unknown version', () => writeFileSync(path, JSON.stringify({ version: 99, blocks: [] })),
-        (file) => assert.equal(JSON.parse(readFileSync(file, 'utf8')).version, 99, 'the bad journal is kept for inspection')],
+        (file) => assert.equal((JSON.parse(readFileSync(file, 'utf8')) as { version: number }).version, 99, 'the bad journal is kept for inspection')],
       // Larger than a string Node can build: refused by its size, not read.
       ['600 MB', () => {
         writeFileSync(path, '');

@@ -23,7 +23,7 @@ export async function block(args: GlobalArgs & { target: string; for?: string; r
   parseBlockTarget(args.target);
   const res = await api(args, 'POST', '/blocks', { ip: args.target, for: args.for, reason: args.reason });
   const b = res.body as BlockView & { outcome: string };
-  if (args.json) return out(JSON.stringify(b, null, 2));
+  if (args.json) { out(JSON.stringify(b, null, 2)); return; }
   const verb = b.outcome === 'added' ? 'blocked' : b.outcome === 'extended' ? 'extended the block of' : 'already blocked:';
   out(`${verb} ${b.ip} until ${b.expires ?? 'never'}${b.outcome === 'unchanged' ? ' (a block is never shortened)' : ''}`);
 }
@@ -54,7 +54,7 @@ export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void>
     const rl = createInterface({ input: process.stdin, output: process.stderr });
     const answer = await rl.question('Lift every block rated manages? [y/N] ');
     rl.close();
-    if (!/^y(es)?$/i.test(answer.trim())) return out('nothing lifted');
+    if (!/^y(es)?$/i.test(answer.trim())) { out('nothing lifted'); return; }
   }
   const lifted = await daemonOrKernel<number>(
     args,

@@ -33,7 +33,10 @@ export async function replay(args: ReplayArgs): Promise<void> {
   const damaged: Damage[] = [];
   for (const log of logs) {
     let n = 0;
-    const damage = await readLines(log, (line) => r.line(line, log, ++n));
+    const damage = await readLines(log, (line) => {
+      r.line(line, log, ++n);
+      return undefined;
+    });
     if (damage !== null && n === 0) throw new RatedError('USAGE', `${log === '-' ? 'stdin' : log}: cannot read: ${damage}`);
     if (damage !== null) damaged.push({ log, afterLine: n, why: damage });
   }
@@ -114,16 +117,17 @@ async function* bytesOf(raw: Readable): AsyncGenerator<Buffer> {
  * Returns why the log could not be read to its end (a truncated or corrupt
  * `.gz`), or null; the lines before the damage have been given.
  */
-async function readLines(log: string, onLine: (line: string) => void | 'stop'): Promise<string | null> {
-  let stop = false;
+async function readLines(log: string, onLine: (line: string) => 'stop' | undefined): Promise<string | null> {
+  // An object, so that the checks below see the splitter's writes.
+  const state = { stop: false };
   const splitter = new LineSplitter((line) => {
-    if (!stop && onLine(line) === 'stop') stop = true;
+    if (!state.stop && onLine(line) === 'stop') state.stop = true;
   });
   const raw: Readable = log === '-' ? process.stdin : createReadStream(log, { highWaterMark: 256 * 1024 });
   try {
     for await (const chunk of bytesOf(raw)) {
       splitter.push(chunk);
-      if (stop) break;
+      if (state.stop) break;
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
@@ -133,7 +137,7 @@ async function readLines(log: string, onLine: (line: string) => void | 'stop'): 
   } finally {
     if (raw !== process.stdin) raw.destroy();
   }
-  if (!stop) {
+  if (!state.stop) {
     const last = splitter.flush();
     if (last !== null && last !== '') onLine(last);
   }
@@ -208,7 +212,7 @@ function summaryText(s: ReplaySummary, seconds: number): string[] {
   const lines = [
     `${plural(s.lines, 'line')} read, ${s.rejected} rejected, ${s.ignored} ignored (allow list, unix sockets); ` +
     `${plural(s.clients, 'client')} seen; ${plural(s.blocks, 'block')} of ${plural(s.blockedClients, 'client')}` +
-    `${s.refused > 0 ? ` (${s.refused} refused: allow-listed network)` : ''}`,
+    (s.refused > 0 ? ` (${s.refused} refused: allow-listed network)` : ''),
   ];
   const reasons = Object.entries(s.rejectedByReason);
   if (reasons.length > 0) lines.push(`rejected: ${reasons.map(([r, n]) => `${r} ${n}`).join(', ')}`);

@@ -15,13 +15,13 @@ export async function status(args: GlobalArgs & { json?: boolean }): Promise<voi
     else out(`rated is down: ${err.message}`);
     throw new RatedError('DAEMON_UNREACHABLE', 'rated is not running', { cause: err });
   }
-  if (args.json) return out(JSON.stringify(s, null, 2));
+  if (args.json) { out(JSON.stringify(s, null, 2)); return; }
   const receivers = s.receivers as Record<string, Record<string, unknown> | null>;
   const fw = s.firewall as Record<string, number>;
   const errors = s.lastErrors as Array<{ at: string; error: string }>;
   out(`rated ${String(s.version)} is up (pid ${String(s.pid)}, ${remaining(Number(s.uptime) * 1000)} uptime)`);
   out(`config:          ${String(s.config)}`);
-  out(`backend:         ${String(s.backend)}${s.table ? ` (table ${String(s.table)})` : ''}`);
+  out(`backend:         ${String(s.backend)}${typeof s.table === 'string' ? ` (table ${s.table})` : ''}`);
   for (const [name, r] of Object.entries(receivers)) {
     if (!r) continue;
     const drops = typeof r.drops === 'number' ? `, ${r.drops} datagrams lost` : '';

@@ -163,15 +163,15 @@ test('extending a block renews its kernel timeout', async (t) => {
   backend.add(net('198.51.100.7'), 60_000, false);
   await backend.commit();
   const [first] = await members(ns, 'rated-v4');
-  assert.ok(first?.timeout !== null && first !== undefined && first.timeout! <= 60);
+  assert.ok(first?.timeout !== null && first !== undefined && first.timeout <= 60);
 
   backend.add(net('198.51.100.7'), 3_600_000, true);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
   const renewed = await members(ns, 'rated-v4');
   assert.equal(renewed.length, 1);
-  assert.ok(renewed[0]?.timeout !== null && renewed[0]!.timeout! > 3590, `timeout ${String(renewed[0]?.timeout)} after the renewal`);
+  assert.ok(renewed[0]?.timeout !== null && renewed[0]!.timeout > 3590, `timeout ${String(renewed[0]?.timeout)} after the renewal`);
   const [entry] = await backend.list();
-  assert.ok(entry?.expiresAt !== null && entry !== undefined && entry.expiresAt! > Date.now() + 3_580_000);
+  assert.ok(entry?.expiresAt !== null && entry !== undefined && entry.expiresAt > Date.now() + 3_580_000);
 });
 
 test('deleting an element that already expired, and a poison element, do not cost the rest of the batch', async (t) => {
@@ -220,7 +220,7 @@ test('a full set: new elements are refused with a message naming the set and its
   backend.add(net('192.0.2.1'), 600_000, true);
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
   const renewed = (await members(ns, 'small-v4')).find((m) => m.val === '192.0.2.1');
-  assert.ok(renewed?.timeout !== null && renewed!.timeout! > 590);
+  assert.ok(renewed?.timeout !== null && renewed!.timeout > 590);
 });
 
 test('an IPv6 /64 client block lands in set v6 with its timeout', async (t) => {
@@ -234,7 +234,7 @@ test('an IPv6 /64 client block lands in set v6 with its timeout', async (t) => {
   assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
   const listed = await members(ns, 'rated-v6');
   assert.deepEqual(listed.map((m) => m.val), ['2001:db8:1:2::/64']);
-  assert.ok(listed[0]?.timeout !== null && listed[0]!.timeout! > 290 && listed[0]!.timeout! <= 300);
+  assert.ok(listed[0]?.timeout !== null && listed[0]!.timeout > 290 && listed[0]!.timeout <= 300);
   assert.deepEqual(await values(ns, 'rated-v4'), []);
   assert.deepEqual((await backend.list()).map((e) => e.net.text), ['2001:db8:1:2::/64']);
 });
@@ -293,7 +293,7 @@ test('Blocker: after `iptables -F INPUT` and `ipset destroy`, repair puts rules,
     assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7', '203.0.113.0/24']);
     assert.deepEqual(await values(ns, 'rated-v6'), ['2001:db8:1:2::/64']);
     const restored = (await members(ns, 'rated-v4')).find((m) => m.val === '203.0.113.0/24');
-    assert.ok(restored?.timeout !== null && restored!.timeout! > 290 && restored!.timeout! <= 300, 'restored with its remaining time');
+    assert.ok(restored?.timeout !== null && restored!.timeout > 290 && restored!.timeout <= 300, 'restored with its remaining time');
     assert.equal(metrics.driftRepairs, 1);
     assert.deepEqual(blocker.lastErrors, []);
   } finally {

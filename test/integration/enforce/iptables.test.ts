@@ -254,7 +254,7 @@ test('Blocker: a new instance adopts the rules it finds as reconciled, ending af
     for (const text of ['198.51.100.7', '2001:db8:1:2::/64']) {
       const b = blocker.get(net(text));
       assert.equal(b?.source, 'reconciled');
-      assert.ok(b?.expires !== null && b !== undefined && Math.abs(b.expires! - (Date.now() + 3_600_000)) < 3000, `${text} ends in an hour`);
+      assert.ok(b?.expires !== null && b !== undefined && Math.abs(b.expires - (Date.now() + 3_600_000)) < 3000, `${text} ends in an hour`);
     }
   } finally {
     await blocker.close();

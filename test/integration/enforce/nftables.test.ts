@@ -198,7 +198,7 @@ test('extending a block renews its kernel timeout', async (t) => {
   assert.equal(after[0]?.timeout, 3600);
   assert.ok(after[0].expires !== null && after[0].expires > 3590, `expires in ${after[0].expires}s after the renewal`);
   const [entry] = await backend.list();
-  assert.ok(entry?.expiresAt !== null && entry !== undefined && entry.expiresAt! > Date.now() + 3_590_000);
+  assert.ok(entry?.expiresAt !== null && entry !== undefined && entry.expiresAt > Date.now() + 3_590_000);
 });
 
 test('deleting an element that already expired in the kernel does not cost the rest of the batch', async (t) => {
@@ -376,7 +376,7 @@ test('Blocker: after `nft flush ruleset`, repair recreates the table and restore
     assert.deepEqual(await kernelValues(ns, 'v6'), ['2001:db8:1:2::/64']);
     const v4 = await kernelSet(ns, 'v4net');
     const net24 = v4.find((e) => e.val === '203.0.113.0/24');
-    assert.ok(net24?.expires !== null && net24 !== undefined && net24.expires! > 290 && net24.expires! <= 300, 'restored with its remaining time');
+    assert.ok(net24?.expires !== null && net24 !== undefined && net24.expires > 290 && net24.expires <= 300, 'restored with its remaining time');
     assert.equal(metrics.driftRepairs, 1);
     assert.deepEqual(blocker.lastErrors, []);
   } finally {
@@ -437,7 +437,7 @@ test('the older layout is moved in one transaction, with every element and its t
     const v4 = await kernelSet(ns, 'v4');
     assert.equal(v4.length, 20_001);
     const peer4 = v4.find((e) => e.val === '192.0.2.2');
-    assert.ok(peer4?.timeout !== null && peer4 !== undefined && peer4.timeout! <= 1800 && peer4.timeout! > 1780, `kept its time left: ${JSON.stringify(peer4)}`);
+    assert.ok(peer4?.timeout !== null && peer4 !== undefined && peer4.timeout <= 1800 && peer4.timeout > 1780, `kept its time left: ${JSON.stringify(peer4)}`);
     assert.deepEqual((await kernelSet(ns, 'v4net')).map((e) => e.val), ['203.0.113.0/24']);
     assert.deepEqual((await kernelSet(ns, 'v6')).map((e) => e.val), ['2001:db8:ff::']);
     assert.deepEqual((await kernelSet(ns, 'v6net')).map((e) => e.val), ['2001:db8:77::1']);

@@ -68,7 +68,7 @@ function hold(ns: Namespace, host: string, count: number, request: string, secon
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let last: HolderState = { opened: 0, answered: 0, closed: 0, statuses: {} };
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  createInterface({ input: child.stdout }).on('line', (line) => {
     try {
       last = JSON.parse(line) as HolderState;
     } catch {

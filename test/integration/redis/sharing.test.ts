@@ -12,6 +12,7 @@ import { MAIN_JS, type Rated } from '../../helpers/rated.js';
 import { startRedis, startRedisCluster, type RedisServer } from '../../helpers/redis.js';
 import { createLab, list, metricsText, notify, reachable, RULE, setElements, status, waitListed, type Lab } from '../../helpers/redis-lab.js';
 import { waitFor } from '../../helpers/wait-for.js';
+import { cleanUp } from '../../helpers/cleanup.js';
 
 const TOOLS = ['ip', 'nft', 'curl', 'ping', 'redis-server', 'redis-cli'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -25,7 +26,7 @@ interface Setup {
 }
 
 /** The scenario, the same for one Redis server and for a cluster. */
-function scenario(mode: string, setup: () => Promise<Setup>, teardown: () => Promise<void>): void {
+function scenario(mode: string, setup: () => Promise<Setup>, teardown: () => Promise<unknown>): void {
   describe(`rated shares counters and blocks through ${mode}`, { skip: SKIP }, () => {
     let s: Setup;
     const daemons = new Map<string, Rated>();
@@ -167,7 +168,7 @@ scenario('one Redis server', async () => {
   standalone = { lab, redis };
   return { lab, redis: `{ url: "redis://:secret@${lab.hubAddress}:6379/0", prefix: "${prefix}", timeout: 500ms }`, cli: (a) => redis.cli(a) };
 }, async () => {
-  await standalone?.lab.cleanup().finally(() => standalone?.redis.stop());
+  await cleanUp([() => standalone?.lab.cleanup(), () => standalone?.redis.stop()]);
 });
 
 let clustered: { lab: Lab; stop: () => Promise<void> } | null = null;
@@ -187,5 +188,5 @@ scenario('a three-master Redis Cluster', async () => {
     return holder.cli(['-c', ...a]);
   } };
 }, async () => {
-  await clustered?.lab.cleanup().finally(() => clustered?.stop());
+  await cleanUp([() => clustered?.lab.cleanup(), () => clustered?.stop()]);
 });

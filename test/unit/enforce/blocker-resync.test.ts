@@ -67,7 +67,7 @@ test('a flush during the kernel read is not undone', async () => {
   const r = await whileListing(backend, blocker, () => {
     flushed = blocker.flush();
   });
-  await flushed;
+  await (flushed as Promise<number> | null);
   assert.equal(r.adopted, 0);
   assert.equal(blocker.size, 0);
   assert.deepEqual(await backend.list(), []);
