@@ -1,4 +1,3 @@
-import { performance } from 'node:perf_hooks';
 import type { Network } from './address.js';
 import type { BlockView } from './block.js';
 import { Intervals, steadyClock } from './clock.js';
@@ -14,7 +13,7 @@ import { createLogger, routeConsole, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { Receivers } from './receive/index.js';
 import type { RedisSharing } from './sharing/index.js';
-import { startupRecord } from './startup.js';
+import { reconcileBehind, startupRecord } from './startup.js';
 
 export interface DaemonOptions {
   readonly config: Config;
@@ -41,6 +40,8 @@ export class Daemon implements ControlApi {
   private stopping: Promise<void> | null = null;
   private repairing: Promise<void> | null = null;
   private started = false;
+  /** The start-up reconcile with the kernel, which runs behind the receivers. */
+  reconciled: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: DaemonOptions) {
     this.c = options.config;
@@ -65,11 +66,8 @@ export class Daemon implements ControlApi {
       sharing: () => this.redis,
     });
     const { blocker, limiter, keeper } = this.core;
-    const reconcileStarted = performance.now();
     keeper?.lock();
     const restored = keeper?.restore() ?? null;
-    const reconciled = await blocker.resync(true);
-    const reconcileMs = Math.round(performance.now() - reconcileStarted);
     if (c.redis) {
       // Loaded only when configured: the Redis client costs about 20 MB of memory.
       const { startSharing } = await import('./sharing/index.js');
@@ -87,9 +85,10 @@ export class Daemon implements ControlApi {
     this.intervals.every(2000, () => this.receivers?.sample());
     this.log.info(startupRecord({
       config: c, source: this.options.source, backend: this.backend, receivers: this.receivers, control: control.socket,
-      redis: this.redis?.status() ?? null, restored, reconciled, reconcileMs,
+      redis: this.redis?.status() ?? null, restored,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
+    this.reconciled = reconcileBehind(blocker, this.log);
   }
 
   /** Stops receivers, lets the batch in flight finish, leaves blocks in place unless flushOnExit. */

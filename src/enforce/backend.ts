@@ -41,6 +41,12 @@ export interface Backend {
   readonly expiresInKernel: boolean;
   /** The longest timeout the kernel accepts, when it has a limit; a longer block is renewed before it runs out. */
   readonly maxTimeoutMs?: number;
+  /**
+   * Above this many elements, reading them back (`list`) costs more than a
+   * check or a request may spend (nft 1.0.6 takes 80–110 s for 1,000,000):
+   * the blocker then trusts its own blocks and the results of its writes.
+   */
+  readonly readLimit: number;
   /** Throws a RatedError (FIREWALL_UNUSABLE) saying why this backend cannot work here. */
   probe(): Promise<void>;
   /** Creates our table, sets and chain when missing, moving an older layout; idempotent. */

@@ -131,7 +131,7 @@ export class Blocker {
   async views(): Promise<BlockView[]> {
     const dropped = new Map<string, Dropped>();
     try {
-      for (const e of await this.backend.list()) if (e.dropped) dropped.set(e.net.text, e.dropped);
+      if (!this.tooManyToRead) for (const e of await this.backend.list()) if (e.dropped) dropped.set(e.net.text, e.dropped);
     } catch (err) {
       this.log.warn({ err: describe(err) }, 'cannot read what each block dropped; listing without it');
     }
@@ -260,10 +260,36 @@ export class Blocker {
    * elements of our sets we did not know about. Returns what it changed.
    */
   resync(adoptUnknown: boolean): Promise<{ added: number; adopted: number; removed: number }> {
-    return this.serialize(() => this.resyncNow(adoptUnknown));
+    return this.serialize(() => this.resyncNow(adoptUnknown, true));
   }
 
-  private async resyncNow(adoptUnknown: boolean): Promise<{ added: number; adopted: number; removed: number }> {
+  /** True when there are more blocks than the backend can read back at a bearable cost. */
+  private get tooManyToRead(): boolean {
+    return this.blocks.size > this.backend.readLimit;
+  }
+
+  /**
+   * Without reading the kernel (too many elements to read): when `reapply`,
+   * offers every block to the kernel again with its remaining time; an add
+   * of an element already there changes nothing, a missing one comes back.
+   */
+  private async reapplyBlind(reapply: boolean): Promise<{ added: number; adopted: number; removed: number }> {
+    await this.settle();
+    if (!reapply) return { added: 0, adopted: 0, removed: 0 };
+    this.dirty = false;
+    const now = this.now();
+    let added = 0;
+    for (const block of this.blocks.values()) {
+      if (block.expires === null || block.expires <= now || this.coveredByOther(block)) continue;
+      this.backend.add(block.net, block.expires - now, false);
+      added++;
+    }
+    await this.commitNow();
+    return { added, adopted: 0, removed: 0 };
+  }
+
+  private async resyncNow(adoptUnknown: boolean, reapply: boolean): Promise<{ added: number; adopted: number; removed: number }> {
+    if (this.tooManyToRead) return this.reapplyBlind(reapply);
     await this.settle();
     // This resync reapplies everything; a commit refused from here on asks for another.
     const wasDirty = this.dirty;
@@ -339,13 +365,13 @@ export class Blocker {
         this.metrics.dropped = check.dropped ?? null;
         if (!check.intact) {
           await this.backend.ensure();
-          const r = await this.resyncNow(true);
+          const r = await this.resyncNow(true, true);
           this.metrics.driftRepairs++;
           this.log.warn({ backend: this.backend.kind, restored: r.added }, 'our firewall table was changed by something else; restored it');
           return;
         }
         const wasDirty = this.dirty;
-        const r = await this.resyncNow(true);
+        const r = await this.resyncNow(true, wasDirty);
         if (r.added > 0 || r.adopted > 0 || r.removed > 0) {
           if (!wasDirty) this.metrics.driftRepairs++;
           this.log.warn({ backend: this.backend.kind, ...r }, wasDirty ? 'reapplied blocks after a firewall error' : 'our firewall set differed from our blocks; repaired it');

@@ -3,6 +3,7 @@ import { QueuedBackend, type Backend, type CommitResult, type KernelEntry, type 
 /** Decides, logs and lists like the others, and never touches the kernel. */
 export class DryRunBackend extends QueuedBackend implements Backend {
   readonly kind = 'dry-run' as const;
+  readonly readLimit = Number.POSITIVE_INFINITY;
   readonly expiresInKernel = true;
   private readonly elements = new Map<string, KernelEntry>();
 

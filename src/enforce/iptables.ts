@@ -83,6 +83,7 @@ export function parseRules(lines: readonly string[], chain: string, family: Fami
  */
 export class IptablesBackend extends QueuedBackend implements Backend {
   readonly kind = 'iptables' as const;
+  readonly readLimit = Number.POSITIVE_INFINITY;
   readonly expiresInKernel = false;
   private readonly anchor: Anchor;
   private readonly chain: string;

@@ -48,6 +48,12 @@ export interface RatedOptions {
   readonly wrap?: readonly string[];
   /** How long to wait for the `rated started` line (default 15 s). */
   readonly startTimeoutMs?: number;
+  /**
+   * Wait for the reconcile with the kernel that runs behind the receivers
+   * too, and add its fields (adopted, restored, reconcileMs) to `started`
+   * (default true).
+   */
+  readonly waitReconciled?: boolean;
 }
 
 /** A daemon started by `startRated`; `stop()` must be called in an after hook. */
@@ -159,7 +165,18 @@ export async function startRated(options: RatedOptions): Promise<Rated> {
   } catch (err) {
     failure = (err as Error).message;
   }
-  const started = lines.find(isStarted);
+  let started = lines.find(isStarted);
+  const isReconciled = (l: LogLine): boolean => l.msg === 'reconciled with the kernel' || l.msg === 'reconcile with the kernel failed; the next check retries';
+  if (started && options.waitReconciled !== false) {
+    try {
+      await waitFor(() => lines.some(isReconciled) || state.exit !== null, { timeoutMs, intervalMs: 25, what: 'the "reconciled with the kernel" line' });
+      const reconciled = lines.find(isReconciled);
+      if (reconciled) started = { ...reconciled, ...started, ...(reconciled.msg === 'reconciled with the kernel' ? pick(reconciled) : {}) };
+    } catch (err) {
+      failure = (err as Error).message;
+      started = undefined;
+    }
+  }
   if (!started) {
     if (state.exit === null) await stop();
     else await exited;
@@ -188,4 +205,9 @@ function parseLine(line: string): LogLine {
     // not JSON
   }
   return { msg: line, unparsed: true };
+}
+
+/** The fields of the reconcile line that `started` carries. */
+function pick(l: LogLine): LogLine {
+  return { adopted: l.adopted, restored: l.restored, removed: l.removed, reconcileMs: l.reconcileMs };
 }

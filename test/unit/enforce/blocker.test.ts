@@ -13,6 +13,8 @@ class IntervalSetBackend implements Backend {
   constructor(readonly expiresInKernel = true, readonly maxTimeoutMs?: number) {}
   readonly kernel = new Map<string, { net: Network; timeoutMs: number }>();
   readonly commits: Op[][] = [];
+  readLimit = Number.POSITIVE_INFINITY;
+  lists = 0;
   private readonly queue = new OpQueue();
   async probe(): Promise<void> {}
   async ensure(): Promise<void> {}
@@ -44,6 +46,7 @@ class IntervalSetBackend implements Backend {
     return { applied: ops.length - failed.length, failed };
   }
   async list(): Promise<KernelEntry[]> {
+    this.lists++;
     return [...this.kernel.values()].map((e) => ({ net: e.net, expiresAt: null }));
   }
   flushFails = false;
@@ -409,4 +412,32 @@ test('a batch refused during a resync leaves a repair due', async () => {
   await blocker.repair();
   assert.equal(blocker.needsRepair, false);
   assert.ok(backend.kernel.has('192.0.2.5'));
+});
+
+test('above the backend\'s read limit nothing lists the kernel: listings show no counters, checks trust the blocks, a start or a failed write offers every block again', async () => {
+  const backend = new IntervalSetBackend();
+  backend.readLimit = 2;
+  const blocker = new Blocker({
+    backend, isAllowed: () => false, log: createLogger('silent'), metrics: new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 }),
+  });
+  try {
+    for (const ip of ['198.51.100.1', '198.51.100.2', '198.51.100.3']) blocker.block({ net: net(ip), durationMs: 600_000, source: 'rule' });
+    await blocker.settle();
+    const views = await blocker.views();
+    assert.equal(views.length, 3);
+    assert.ok(views.every((v) => v.dropped === null));
+    await blocker.repair();
+    assert.equal(backend.lists, 0, 'neither the listing nor the periodic check read the elements');
+    // Something removed an element behind our back; a clean check does not see it (that would need a read) …
+    backend.kernel.delete('198.51.100.2');
+    await blocker.repair();
+    assert.equal(backend.kernel.has('198.51.100.2'), false);
+    // … a start-up resync offers every block again, without reading.
+    const r = await blocker.resync(true);
+    assert.deepEqual(r, { added: 3, adopted: 0, removed: 0 });
+    assert.equal(backend.kernel.has('198.51.100.2'), true);
+    assert.equal(backend.lists, 0);
+  } finally {
+    await blocker.close();
+  }
 });

@@ -34,6 +34,7 @@ class Clocks {
 class KernelSet implements Backend {
   readonly kind = 'dry-run' as const;
   readonly expiresInKernel = true;
+  readonly readLimit = Number.POSITIVE_INFINITY;
   readonly deadlines = new Map<string, { net: Network; until: number }>();
   private readonly queue = new OpQueue();
   constructor(private readonly clocks: Clocks) {}
