@@ -54,6 +54,25 @@ export function viewBlock(b: Block, dropped: Dropped | null = null): BlockView {
   };
 }
 
+/** How `rated list --sort` orders blocks: most dropped, soonest to end, newest first. */
+export type BlockOrder = 'dropped' | 'expires' | 'since';
+
+/** What a listing asks for (`rated list --sort --limit`, GET /blocks?sort=&limit=). */
+export interface ListQuery {
+  readonly sort?: BlockOrder;
+  /** At most this many blocks, after sorting. */
+  readonly limit?: number;
+}
+
+/** Orders and cuts a listing that is already in hand (the kernel's, while the daemon is down). */
+export function orderViews(views: BlockView[], q: ListQuery): BlockView[] {
+  const at = (iso: string | null, none: number): number => (iso === null ? none : Date.parse(iso));
+  if (q.sort === 'dropped') views.sort((a, b) => (b.dropped?.packets ?? -1) - (a.dropped?.packets ?? -1));
+  else if (q.sort === 'expires') views.sort((a, b) => at(a.expires, Infinity) - at(b.expires, Infinity));
+  else if (q.sort === 'since') views.sort((a, b) => at(b.since, -Infinity) - at(a.since, -Infinity));
+  return q.limit === undefined ? views : views.slice(0, q.limit);
+}
+
 /** Networks wider than these are never blocked, whatever their source. */
 export const WIDEST: Readonly<Record<Family, number>> = { 4: 8, 6: 32 };
 

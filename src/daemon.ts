@@ -1,5 +1,5 @@
 import type { Network } from './address.js';
-import type { BlockView } from './block.js';
+import type { BlockView, ListQuery } from './block.js';
 import { Intervals, steadyClock } from './clock.js';
 import type { Config } from './config/schema.js';
 import type { ControlApi } from './control/api.js';
@@ -124,7 +124,7 @@ export class Daemon implements ControlApi {
     }));
   }
 
-  blocks = (): Promise<BlockView[]> => this.core.blocker.views();
+  blocks = (query?: ListQuery): Promise<Iterable<BlockView>> => this.core.blocker.views(query);
   block = (input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }> => this.core.operator.block(input);
   unblock = (ip: string): Promise<BlockView | null> => this.core.operator.unblock(ip);
   flush = (): Promise<number> => this.core.operator.flush();

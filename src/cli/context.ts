@@ -36,16 +36,24 @@ export async function api(args: GlobalArgs, method: string, path: string, body?:
  * Calls the configured socket; when no daemon answers there and no --socket
  * was given, tries the socket an ordinary user's dry run falls back to.
  */
-async function callDaemon(args: GlobalArgs, method: string, path: string, body?: unknown): Promise<ApiResponse> {
+function callDaemon(args: GlobalArgs, method: string, path: string, body?: unknown): Promise<ApiResponse> {
+  return onDaemon(args, (socket) => callApi(socket, method, path, body));
+}
+
+/**
+ * Runs `call` on the configured socket; when no daemon answers there and no
+ * --socket was given, on the socket an ordinary user's dry run falls back to.
+ */
+export async function onDaemon<T>(args: GlobalArgs, call: (socket: string) => Promise<T>): Promise<T> {
   const socket = socketOf(args);
   try {
-    return await callApi(socket, method, path, body);
+    return await call(socket);
   } catch (err) {
     const fallback = args.socket === undefined ? userSocketPath() : null;
     const unreachable = err instanceof RatedError && err.code === 'DAEMON_UNREACHABLE';
     if (!unreachable || fallback === null || fallback === socket || !existsSync(fallback)) throw err;
     try {
-      return await callApi(fallback, method, path, body);
+      return await call(fallback);
     } catch {
       throw err;
     }

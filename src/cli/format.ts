@@ -35,10 +35,10 @@ function bytes(n: number): string {
   return `${(n / 1048576).toFixed(1)} MiB`;
 }
 
-/** Renders blocks as a table for people. */
-export function blocksTable(blocks: readonly BlockView[], now = Date.now()): string {
-  if (blocks.length === 0) return 'No active blocks.';
-  const rows = blocks.map((b) => [
+const HEADER = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'DROPPED', 'REASON'];
+
+function cells(b: BlockView, now: number): string[] {
+  return [
     b.ip,
     b.source,
     b.rule ?? '-',
@@ -47,9 +47,55 @@ export function blocksTable(blocks: readonly BlockView[], now = Date.now()): str
     b.expires === null ? 'never' : `${time(b.expires)} (${remaining(Date.parse(b.expires) - now)})`,
     b.dropped ? `${b.dropped.packets} pkts ${bytes(b.dropped.bytes)}` : '-',
     b.reason ?? '-',
-  ].map(printable));
-  const header = ['IP', 'SOURCE', 'RULE', 'HITS', 'SINCE', 'EXPIRES', 'DROPPED', 'REASON'];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
-  return [line(header), ...rows.map(line), '', `${blocks.length} active block${blocks.length === 1 ? '' : 's'}`].join('\n');
+  ].map(printable);
+}
+
+/** Renders blocks as a table for people. */
+export function blocksTable(blocks: readonly BlockView[], now = Date.now()): string {
+  const lines: string[] = [];
+  const table = new TableWriter((l) => lines.push(l), now);
+  for (const b of blocks) table.row(b);
+  table.end();
+  return lines.join('\n');
+}
+
+/**
+ * Writes the block table as rows arrive: the column widths are those of the
+ * first rows (up to `settleAfter`), so a listing of 1,000,000 blocks starts
+ * printing at once and holds only those rows.
+ */
+export class TableWriter {
+  private pending: string[][] | null = [];
+  private widths: number[] = [];
+  private count = 0;
+
+  constructor(private readonly write: (line: string) => void, private readonly now = Date.now(), private readonly settleAfter = 1000) {}
+
+  row(b: BlockView): void {
+    this.count++;
+    const r = cells(b, this.now);
+    if (this.pending === null) return this.write(this.line(r));
+    this.pending.push(r);
+    if (this.pending.length >= this.settleAfter) this.settle();
+  }
+
+  end(): void {
+    if (this.count === 0) return this.write('No active blocks.');
+    this.settle();
+    this.write('');
+    this.write(`${this.count} active block${this.count === 1 ? '' : 's'}`);
+  }
+
+  private settle(): void {
+    if (this.pending === null) return;
+    const rows = this.pending;
+    this.widths = HEADER.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+    this.pending = null;
+    this.write(this.line(HEADER));
+    for (const r of rows) this.write(this.line(r));
+  }
+
+  private line(cols: string[]): string {
+    return cols.map((c, i) => (i === cols.length - 1 ? c : c.padEnd(this.widths[i] ?? 0))).join('  ');
+  }
 }

@@ -19,8 +19,10 @@ function cli(argv: string[]) {
       .option('dry-run', { type: 'boolean', describe: 'decide, log and list, never touch the kernel' }),
     async (a) => run({ config: a.config, socket: a.socket, dryRun: a.dryRun }))
     .command('list', 'list active blocks', (y) => y
-      .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
-    async (a) => list({ config: a.config, socket: a.socket, json: a.json }))
+      .option('json', { type: 'boolean', describe: 'JSON for scripts' })
+      .option('sort', { choices: ['dropped', 'expires', 'since'] as const, describe: 'most dropped, soonest to end, or newest first' })
+      .option('limit', { type: 'number', describe: 'at most this many blocks (after --sort)' }),
+    async (a) => list({ config: a.config, socket: a.socket, json: a.json, sort: a.sort, limit: a.limit }))
     .command('block <target>', 'block an address or CIDR network', (y) => y
       .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' })
       .option('for', { type: 'string', describe: 'duration: 90s, 10m, 6h, 1d or seconds (default: the first rule\'s block)' })

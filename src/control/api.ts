@@ -1,10 +1,10 @@
-import type { BlockView } from '../block.js';
+import type { BlockView, ListQuery } from '../block.js';
 
 /** What the control socket exposes; the daemon implements it. */
 export interface ControlApi {
   status(): Promise<Record<string, unknown>>;
-  /** The active blocks, each with what its kernel element dropped (read from the kernel now). */
-  blocks(): Promise<BlockView[]>;
+  /** The active blocks, each with what its kernel element dropped (read from the kernel now); iterated as they are sent. */
+  blocks(query?: ListQuery): Promise<Iterable<BlockView>>;
   /** Throws a RatedError (USAGE for bad input, REFUSED for allow-listed addresses). */
   block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }>;
   unblock(ip: string): Promise<BlockView | null>;

@@ -57,3 +57,46 @@ export function apiError(res: ApiResponse): RatedError {
   if (res.status === 409) return new RatedError('REFUSED', message);
   return new RatedError('DAEMON_UNREACHABLE', message);
 }
+
+/**
+ * GET of a listing (`[` then one JSON value per line, as the daemon sends
+ * it), each value handed over as it arrives; a failed answer throws the
+ * API's error. `raw` gets the text as it comes, for `--json`.
+ */
+export function streamList(socketPath: string, path: string, onValue: (value: unknown) => void, raw?: (text: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, method: 'GET', path }, (res) => {
+      if (res.statusCode !== 200) {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: unknown = text;
+          try {
+            body = JSON.parse(text);
+          } catch {
+            // not JSON: the text itself
+          }
+          reject(apiError({ status: res.statusCode ?? 0, body, text }));
+        });
+        return;
+      }
+      let rest = '';
+      res.setEncoding('utf8');
+      res.on('data', (text: string) => {
+        raw?.(text);
+        const lines = (rest + text).split('\n');
+        rest = lines.pop() ?? '';
+        for (const line of lines) if (line.startsWith('{')) onValue(JSON.parse(line.endsWith(',') ? line.slice(0, -1) : line));
+      });
+      res.on('end', () => resolve());
+      res.on('error', reject);
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') return reject(new DaemonDown(socketPath, err.code === 'ENOENT' ? 'no such file' : 'connection refused'));
+      if (err.code === 'EACCES') return reject(new RatedError('DAEMON_UNREACHABLE', `permission denied on ${socketPath}; run as root or as a member of the socket's group`));
+      reject(new RatedError('DAEMON_UNREACHABLE', `control socket ${socketPath}: ${err.message}`));
+    });
+    req.end();
+  });
+}

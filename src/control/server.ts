@@ -2,6 +2,7 @@ import { mkdirSync, chmodSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
+import type { ListQuery } from '../block.js';
 import { describe, RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ControlApi } from './api.js';
@@ -61,7 +62,7 @@ export class ControlServer {
       return;
     }
     if (path === '/blocks') {
-      if (method === 'GET') { send(res, 200, await this.api.blocks()); return; }
+      if (method === 'GET') return sendList(res, await this.api.blocks(listQuery(req.url ?? '/')));
       if (method === 'POST') {
         const body = await readJson(req);
         const ip = body.ip;
@@ -116,6 +117,47 @@ function decodeTarget(encoded: string): string {
   } catch {
     throw new RatedError('USAGE', `expected an IP address or CIDR network, got ${JSON.stringify(encoded.slice(0, 64))}`);
   }
+}
+
+/** `?sort=dropped|expires|since&limit=N` of GET /blocks. */
+function listQuery(target: string): ListQuery {
+  const params = new URL(target, 'http://rated').searchParams;
+  const sort = params.get('sort');
+  const limit = params.get('limit');
+  if (sort !== null && sort !== 'dropped' && sort !== 'expires' && sort !== 'since') {
+    throw new RatedError('USAGE', `sort: expected dropped, expires or since, got ${JSON.stringify(sort.slice(0, 32))}`);
+  }
+  if (limit !== null && !/^[1-9]\d{0,8}$/.test(limit)) throw new RatedError('USAGE', `limit: expected a whole number from 1, got ${JSON.stringify(limit.slice(0, 32))}`);
+  return { ...(sort === null ? {} : { sort }), ...(limit === null ? {} : { limit: Number(limit) }) };
+}
+
+/**
+ * Sends a listing as a JSON array with one block per line, written as the
+ * socket takes it: the first blocks arrive at once and memory stays bounded
+ * whatever the number of blocks (SPEC §6).
+ */
+async function sendList(res: ServerResponse, views: Iterable<unknown>): Promise<void> {
+  res.writeHead(200, { 'content-type': 'application/json' });
+  let chunk: string[] = [];
+  let first = true;
+  const flush = async (): Promise<void> => {
+    if (chunk.length === 0) return;
+    const ok = res.write(chunk.join(''));
+    chunk = [];
+    if (!ok) await new Promise<void>((resolve) => {
+      res.once('drain', resolve);
+      res.once('close', resolve);
+    });
+  };
+  res.write('[');
+  for (const v of views) {
+    if (res.destroyed) return;
+    chunk.push(`${first ? '\n' : ',\n'}${JSON.stringify(v)}`);
+    first = false;
+    if (chunk.length >= 1000) await flush();
+  }
+  await flush();
+  res.end(first ? ']\n' : '\n]\n');
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

@@ -4,7 +4,7 @@ import { formatDuration, formatSpan } from '../duration.js';
 import { describe, RatedError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { viewBlock, type Block, type BlockView, type Dropped, type Source } from '../block.js';
+import { viewBlock, type Block, type BlockView, type Dropped, type ListQuery, type Source } from '../block.js';
 import type { Backend, KernelEntry } from './backend.js';
 
 /** A decision to block. */
@@ -22,6 +22,9 @@ export type BlockOutcome = 'added' | 'extended' | 'unchanged';
 
 /** Why a block ended. */
 export type LiftCause = 'expired' | 'unblock' | 'flush' | 'refused';
+
+/** How long after its expiry an element of ours may still be in the kernel without being a stranger to adopt. */
+const LINGER_MS = 30_000;
 
 /** A block the firewall refused this many times in a row is given up, never retried forever (a poison element, a full set). */
 export const REFUSALS_BEFORE_GIVING_UP = 3;
@@ -128,14 +131,23 @@ export class Blocker {
    * element dropped. The per-element counters are read only here: at
    * 1,000,000 elements that read is slow, and nothing else needs them.
    */
-  async views(): Promise<BlockView[]> {
+  async views(query: ListQuery = {}): Promise<Iterable<BlockView>> {
     const dropped = new Map<string, Dropped>();
     try {
       if (!this.tooManyToRead) for (const e of await this.backend.list()) if (e.dropped) dropped.set(e.net.text, e.dropped);
     } catch (err) {
       this.log.warn({ err: describe(err) }, 'cannot read what each block dropped; listing without it');
     }
-    return this.list().map((b) => viewBlock(b, dropped.get(b.net.text) ?? null));
+    let blocks = this.list();
+    const packets = (b: Block): number => dropped.get(b.net.text)?.packets ?? -1;
+    if (query.sort === 'dropped') blocks.sort((a, b) => packets(b) - packets(a));
+    else if (query.sort === 'expires') blocks.reverse();
+    else if (query.sort === 'since') blocks.sort((a, b) => (b.since ?? -Infinity) - (a.since ?? -Infinity));
+    if (query.limit !== undefined) blocks = blocks.slice(0, query.limit);
+    // One view at a time, as the listing is sent: 1,000,000 views at once would hold hundreds of MB.
+    return (function* () {
+      for (const b of blocks) yield viewBlock(b, dropped.get(b.net.text) ?? null);
+    })();
   }
 
   /**
@@ -475,7 +487,9 @@ export class Blocker {
     if (wasInKernel) {
       if (deleteFromKernel) this.backend.delete(block.net);
       // The kernel may keep it up to a second longer (whole-second timeouts) and a little batch latency.
-      else if (cause === 'expired' && block.expires !== null) this.expiring.set(block.net.text, block.expires + 3000);
+      // Under load a commit may reach the kernel seconds after its timeout was
+      // computed, and the element outlives our record by as long: give it 30 s.
+      else if (cause === 'expired' && block.expires !== null) this.expiring.set(block.net.text, block.expires + LINGER_MS);
       // Blocks nested inside this one go back to the kernel on their own.
       const now = this.now();
       for (const inner of this.inside(block)) {

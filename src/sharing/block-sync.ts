@@ -219,9 +219,11 @@ export class BlockSync {
     }
 
     // Ours that Redis lacks (stored before it lost them, or decided while it was away).
+    // Blocks adopted from others are theirs to store: stored again from here,
+    // a copy would outlive a lift its node made while this one was cut off.
     const now = this.now();
     for (const b of this.options.local.list()) {
-      if (b.source === 'reconciled' || b.expires === null || b.expires <= now) continue;
+      if (b.source === 'reconciled' || b.source === 'cluster' || b.expires === null || b.expires <= now) continue;
       const s = stored.get(b.net.text);
       if (!s || s.expires < b.expires - 1000) await this.store(b);
     }
@@ -263,6 +265,10 @@ export class BlockSync {
     if (!net) return;
     const now = this.now();
     if (entry.expires <= now) return;
+    // Lifted here, and the lift not shared yet (Redis was away): the older copy stays lifted.
+    const lift = this.pendingLifts.get(net.text);
+    if (lift !== undefined && entry.since <= lift) return;
+    if (this.pendingFlush !== null && entry.since <= this.pendingFlush) return;
     const durationMs = Math.min(entry.expires - now, this.options.maxBlockMs);
     const existing = this.options.local.get(net);
     // Kernel expiry is whole seconds; a second either way is the same block.

@@ -1,21 +1,41 @@
 import { createInterface } from 'node:readline/promises';
-import { parseBlockTarget, type BlockView } from '../../block.js';
+import { orderViews, parseBlockTarget, type BlockOrder, type BlockView, type ListQuery } from '../../block.js';
+import { streamList } from '../../control/client.js';
 import { RatedError } from '../../errors.js';
-import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
+import { api, daemonOrKernel, onDaemon, out, type GlobalArgs } from '../context.js';
 import { kernelOf, offline } from '../offline.js';
-import { blocksTable } from '../format.js';
+import { TableWriter } from '../format.js';
 
-/** `rated list`: active blocks, from the daemon or, when it is down, from the kernel. */
-export async function list(args: GlobalArgs & { json?: boolean }): Promise<void> {
-  const blocks = await daemonOrKernel<BlockView[]>(
+/**
+ * `rated list`: active blocks, streamed from the daemon as it sends them
+ * (the first lines at once, even of 1,000,000), or when it is down read
+ * from the kernel.
+ */
+export async function list(args: GlobalArgs & { json?: boolean; sort?: BlockOrder; limit?: number }): Promise<void> {
+  const query: ListQuery = { ...(args.sort === undefined ? {} : { sort: args.sort }), ...(args.limit === undefined ? {} : { limit: args.limit }) };
+  if (query.limit !== undefined && !(Number.isInteger(query.limit) && query.limit >= 1)) {
+    throw new RatedError('USAGE', `--limit: expected a whole number from 1, got ${String(args.limit)}`);
+  }
+  const table = new TableWriter(out);
+  const params = new URLSearchParams(Object.entries(query).map(([k, v]): [string, string] => [k, String(v)])).toString();
+  const down = await daemonOrKernel<BlockView[] | null>(
     args,
-    async () => (await api(args, 'GET', '/blocks')).body as BlockView[],
-    async (config) => (await kernelOf(config).then((backend) => backend.list())).map((e) => ({
+    async () => {
+      await onDaemon(args, (socket) => streamList(socket, `/blocks${params ? `?${params}` : ''}`, (v) => {
+        if (!args.json) table.row(v as BlockView);
+      }, args.json ? (text) => process.stdout.write(text) : undefined));
+      return null;
+    },
+    async (config) => orderViews((await kernelOf(config).then((backend) => backend.list())).map((e) => ({
       ip: e.net.text, rule: null, reason: null, source: 'reconciled' as const, since: null,
       expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null, dropped: e.dropped ?? null,
-    })),
+    })), query),
   );
-  out(args.json ? JSON.stringify(blocks, null, 2) : blocksTable(blocks));
+  if (down !== null) {
+    if (args.json) { out(JSON.stringify(down, null, 2)); return; }
+    for (const v of down) table.row(v);
+  }
+  if (!args.json) table.end();
 }
 
 /** `rated block`: a manual block through the daemon. */

@@ -423,7 +423,7 @@ test('above the backend\'s read limit nothing lists the kernel: listings show no
   try {
     for (const ip of ['198.51.100.1', '198.51.100.2', '198.51.100.3']) blocker.block({ net: net(ip), durationMs: 600_000, source: 'rule' });
     await blocker.settle();
-    const views = await blocker.views();
+    const views = [...await blocker.views()];
     assert.equal(views.length, 3);
     assert.ok(views.every((v) => v.dropped === null));
     await blocker.repair();

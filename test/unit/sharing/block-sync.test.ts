@@ -173,3 +173,23 @@ test('a resync while Redis is away does not stop later ones: blocks made during 
   await sync.resync();
   assert.equal(sync.stats.syncs, 2, 'and so does every later one');
 });
+
+test('after an outage: an older copy of a block lifted here stays lifted, and blocks adopted from others are not stored again from here', async () => {
+  const { blocker, sync, link, calls, blockMsg, clock } = setup();
+  sync.onMessage(blockMsg('203.0.113.62'));
+  assert.ok(blocker.get(net('203.0.113.62')));
+  link.upNow = false;
+  clock.now += 5000;
+  blocker.unblock(net('203.0.113.62'));
+  sync.lifted(net('203.0.113.62'));
+  // Another node, back first, publishes its copy again before this node could replay the lift.
+  clock.now += 5000;
+  sync.onMessage(blockMsg('203.0.113.62', { since: clock.now - 10_000 }));
+  assert.equal(blocker.get(net('203.0.113.62')), undefined, 'the copy older than the lift is not adopted');
+  sync.onMessage(blockMsg('203.0.113.70'));
+  link.upNow = true;
+  await sync.resync();
+  const stored = calls.filter((c) => c.script === 'block').map((c) => c.args[0]);
+  assert.deepEqual(stored, [], 'a cluster block is its own node\'s to store');
+  assert.deepEqual(calls.filter((c) => c.script === 'unblock').map((c) => c.args[0]), ['203.0.113.62']);
+});
