@@ -28,6 +28,14 @@ if (files.length === 0) {
 }
 const build = spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
+// The whole suite also holds the code to its lint rules (typescript-eslint strict, type-checked).
+if (!kind) {
+  const lint = spawnSync('npm', ['run', '--silent', 'lint'], { cwd: root, stdio: 'inherit' });
+  if (lint.status !== 0) {
+    console.error('lint failed: npm run lint names each problem');
+    process.exit(lint.status ?? 1);
+  }
+}
 const args = ['--import', 'tsx', '--enable-source-maps', '--test', '--test-reporter=spec',
   // A test that hangs fails after ten minutes instead of holding the whole run.
   '--test-concurrency=1', '--test-timeout=600000', ...files.map((f) => relative(root, f))];
