@@ -47,6 +47,8 @@ export interface Backend {
    * the blocker then trusts its own blocks and the results of its writes.
    */
   readonly readLimit: number;
+  /** Above this many blocks every change grows slower (one rule per block): the blocker says so, once. */
+  readonly advisedMax?: number;
   /** Throws a RatedError (FIREWALL_UNUSABLE) saying why this backend cannot work here. */
   probe(): Promise<void>;
   /** Creates our table, sets and chain when missing, moving an older layout; idempotent. */

@@ -97,6 +97,7 @@ export class Blocker {
    */
   private readonly expiring = new Map<string, number>();
   private closed = false;
+  private advised = false;
   readonly lastErrors: Array<{ at: string; error: string }> = [];
 
   constructor(private readonly options: BlockerOptions) {
@@ -193,8 +194,21 @@ export class Blocker {
     }
     this.metrics.blocks.inc(`${block.rule ?? ''}\t${block.source}`);
     this.logBlock(block, req, 'blocked');
+    this.adviseOnSize();
     this.changed();
     return 'added';
+  }
+
+  /** Says once (again after the count fell back well below it) that the backend is past the size it suits. */
+  private adviseOnSize(): void {
+    const max = this.backend.advisedMax;
+    if (max === undefined) return;
+    if (this.blocks.size <= max * 0.9) this.advised = false;
+    else if (this.blocks.size > max && !this.advised) {
+      this.advised = true;
+      this.log.warn({ backend: this.backend.kind, blocks: this.blocks.size, advisedMax: max },
+        `${this.backend.kind} holds one rule per block and every packet walks them all: past ${max} blocks use firewall.backend nftables or ipset`);
+    }
   }
 
   /** Lifts the block of exactly `net`; returns it, or null when there was none. */

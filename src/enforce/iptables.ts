@@ -84,6 +84,8 @@ export function parseRules(lines: readonly string[], chain: string, family: Fami
 export class IptablesBackend extends QueuedBackend implements Backend {
   readonly kind = 'iptables' as const;
   readonly readLimit = Number.POSITIVE_INFINITY;
+  /** One rule per block, matched one after another by every packet: past this, use nftables or ipset. */
+  readonly advisedMax = 1000;
   readonly expiresInKernel = false;
   private readonly anchor: Anchor;
   private readonly chain: string;

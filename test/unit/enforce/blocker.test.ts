@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
 import type { Network } from '../../../src/address.js';
 import { OpQueue, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
@@ -14,6 +15,7 @@ class IntervalSetBackend implements Backend {
   readonly kernel = new Map<string, { net: Network; timeoutMs: number }>();
   readonly commits: Op[][] = [];
   readLimit = Number.POSITIVE_INFINITY;
+  advisedMax: number | undefined = undefined;
   lists = 0;
   private readonly queue = new OpQueue();
   async probe(): Promise<void> {}
@@ -437,6 +439,22 @@ test('above the backend\'s read limit nothing lists the kernel: listings show no
     assert.deepEqual(r, { added: 3, adopted: 0, removed: 0 });
     assert.equal(backend.kernel.has('198.51.100.2'), true);
     assert.equal(backend.lists, 0);
+  } finally {
+    await blocker.close();
+  }
+});
+
+test('a backend past the size it suits (iptables: 1000 rules) is said once, with what to use instead', async () => {
+  const backend = new IntervalSetBackend();
+  backend.advisedMax = 3;
+  const lines: string[] = [];
+  const log = createLogger('warn', new Writable({ write(chunk, _enc, done) { lines.push(String(chunk)); done(); } }));
+  const blocker = new Blocker({ backend, isAllowed: () => false, log, metrics: new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 }) });
+  try {
+    for (let i = 1; i <= 6; i++) blocker.block({ net: net(`198.51.100.${i}`), durationMs: 600_000, source: 'rule' });
+    const advice = lines.filter((l) => l.includes('use firewall.backend nftables or ipset'));
+    assert.equal(advice.length, 1);
+    assert.equal((JSON.parse(advice[0] ?? '{}') as { blocks: number }).blocks, 4);
   } finally {
     await blocker.close();
   }
