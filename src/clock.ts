@@ -18,6 +18,7 @@ export function steadyClock(wall: () => number = Date.now, monotonic: () => numb
  */
 export class Intervals {
   private readonly timers: NodeJS.Timeout[] = [];
+  private readonly stops: Array<() => void> = [];
 
   constructor(private readonly onError: (err: unknown) => void) {}
 
@@ -34,8 +35,14 @@ export class Intervals {
     this.timers.push(t);
   }
 
+  /** Also stops this (a watcher's stop function) on `clear`. */
+  also(stop: () => void): void {
+    this.stops.push(stop);
+  }
+
   clear(): void {
     for (const t of this.timers) clearInterval(t);
     this.timers.length = 0;
+    for (const stop of this.stops.splice(0)) stop();
   }
 }

@@ -14,6 +14,7 @@ import { Metrics } from './metrics.js';
 import { Receivers } from './receive/index.js';
 import type { RedisSharing } from './sharing/index.js';
 import { reconcileBehind, startupRecord } from './startup.js';
+import type { RestoreSummary } from './state/keeper.js';
 
 export interface DaemonOptions {
   readonly config: Config;
@@ -34,14 +35,14 @@ export class Daemon implements ControlApi {
   private backend!: Backend;
   private core!: Core;
   private receivers: Receivers | null = null;
-  private control: ControlServer | null = null;
+  private control: { server: ControlServer } | null = null;
   private redis: RedisSharing | null = null;
-  private unwatch: (() => void) | null = null;
   private stopping: Promise<void> | null = null;
   private repairing: Promise<void> | null = null;
   private started = false;
-  /** The start-up reconcile with the kernel, which runs behind the receivers. */
-  reconciled: Promise<void> = Promise.resolve();
+  /** The journal's restore, which runs behind the receivers; `ready` once reconciled with the kernel too. */
+  private restored: Promise<RestoreSummary | null> = Promise.resolve(null);
+  private ready = false;
 
   constructor(private readonly options: DaemonOptions) {
     this.c = options.config;
@@ -67,49 +68,47 @@ export class Daemon implements ControlApi {
     });
     const { blocker, limiter, keeper } = this.core;
     keeper?.lock();
-    const restored = keeper?.restore() ?? null;
     if (c.redis) {
       // Loaded only when configured: the Redis client costs about 20 MB of memory.
       const { startSharing } = await import('./sharing/index.js');
       this.redis = await startSharing(c, { local: blocker, isAllowed: (net) => this.allow.has(net), limiter, log: this.log, metrics: this.stats });
     }
-    const control = await listenControl(socket, this, this.log, this.backend.kind === 'dry-run' && this.options.socket === undefined);
-    this.control = control.server;
+    const control = this.control = await listenControl(socket, this, this.log, this.backend.kind === 'dry-run' && this.options.socket === undefined);
     this.receivers = new Receivers(c.receivers, (hit) => limiter.record(hit), this.stats, this.log);
     await this.receivers.start();
     blocker.start();
-    if (c.allowSelf) this.unwatch = watchAddresses(() => this.followOwn(0));
-    // One repair at a time: while nft hangs, the loops must not pile up processes.
+    if (c.allowSelf) this.intervals.also(watchAddresses(() => this.followOwn(0)));
     this.intervals.every(c.firewall.checkInterval, () => this.repairNow());
     this.intervals.every(1000, () => blocker.needsRepair && this.repairNow());
     this.intervals.every(2000, () => this.receivers?.sample());
     this.log.info(startupRecord({
       config: c, source: this.options.source, backend: this.backend, receivers: this.receivers, control: control.socket,
-      redis: this.redis?.status() ?? null, restored,
+      redis: this.redis?.status() ?? null,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
-    this.reconciled = reconcileBehind(blocker, this.log);
+    // Behind the receivers: the journal (seconds at 1,000,000 blocks), then the kernel. A check
+    // before `ready` would adopt journal blocks not read yet as strangers.
+    this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
+    void reconcileBehind(this.restored, blocker, this.log).finally(() => (this.ready = true));
   }
 
   /** Stops receivers, lets the batch in flight finish, leaves blocks in place unless flushOnExit. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.intervals.clear();
-      this.unwatch?.();
       await this.receivers?.close();
-      // Null when start() failed before the core was built.
-      if ((this.core as Core | undefined) !== undefined) {
-        // A daemon that never started protecting has nothing of its own to flush.
-        if (this.c.firewall.flushOnExit && this.started) {
-          const n = await this.core.blocker.flush().catch((err: unknown) => (this.log.error({ err: describe(err) }, 'flush on exit failed'), 0));
-          this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
-        }
-        await this.core.blocker.close();
+      // Undefined when start() failed before the core was built.
+      const core = this.core as Core | undefined;
+      // A daemon that never started protecting has nothing of its own to flush.
+      if (core && this.c.firewall.flushOnExit && this.started) {
+        const n = await core.blocker.flush().catch((err: unknown) => (this.log.error({ err: describe(err) }, 'flush on exit failed'), 0));
+        this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
       }
-      await this.control?.close();
+      await core?.blocker.close();
+      await this.control?.server.close();
       await this.redis?.close();
-      (this.core as Core | undefined)?.keeper?.close();
-      this.log.info({ blocks: (this.core as Core | undefined)?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');
+      core?.keeper?.close();
+      this.log.info({ blocks: core?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');
     })();
     return this.stopping;
   }
@@ -124,15 +123,16 @@ export class Daemon implements ControlApi {
     }));
   }
 
-  blocks = (query?: ListQuery): Promise<Iterable<BlockView>> => this.core.blocker.views(query);
+  // Answers about the blocks wait for the journal: a block lifted before it was read would come back.
+  blocks = async (query?: ListQuery): Promise<Iterable<BlockView>> => this.restored.then(() => this.core.blocker.views(query));
   block = (input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }> => this.core.operator.block(input);
-  unblock = (ip: string): Promise<BlockView | null> => this.core.operator.unblock(ip);
-  flush = (): Promise<number> => this.core.operator.flush();
+  unblock = async (ip: string): Promise<BlockView | null> => this.restored.then(() => this.core.operator.unblock(ip));
+  flush = async (): Promise<number> => this.restored.then(() => this.core.operator.flush());
   metrics = (): Promise<string> => this.stats.render();
 
-  /** Checks our firewall state now and repairs it (SIGHUP); one check at a time, none before start or while stopping. */
+  /** Checks and repairs our firewall now (SIGHUP, timers): one check at a time, so a hung nft piles up nothing; none before reconciled or while stopping. */
   repairNow(): Promise<void> {
-    if (!this.started || this.stopping) return Promise.resolve();
+    if (!this.ready || this.stopping) return Promise.resolve();
     this.followOwn(0);
     this.repairing ??= this.core.blocker.repair().finally(() => (this.repairing = null));
     return this.repairing;

@@ -8,7 +8,7 @@ import type { Receivers } from './receive/index.js';
 import type { RestoreSummary } from './state/keeper.js';
 import { VERSION } from './version.js';
 
-/** The fields of the daemon's "rated started" log line: what it protects with, where it listens, what it restored. */
+/** The fields of the daemon's "rated started" log line: what it protects with and where it listens. */
 export function startupRecord(p: {
   readonly config: Config;
   readonly source: string;
@@ -16,7 +16,6 @@ export function startupRecord(p: {
   readonly receivers: Receivers;
   readonly control: string;
   readonly redis: { mode: string; up: boolean } | null;
-  readonly restored: RestoreSummary | null;
 }): Record<string, unknown> {
   const c = p.config;
   return {
@@ -28,20 +27,24 @@ export function startupRecord(p: {
     control: p.control,
     redis: p.redis ? { mode: p.redis.mode, up: p.redis.up } : null,
     rules: c.rules.map((r) => `${r.name}: ${r.limit}/${formatDuration(r.window)} → ${formatDuration(r.block)}`),
-    journal: p.restored,
     ...(p.backend.moved ? { movedFromOlderLayout: p.backend.moved } : {}),
   };
 }
 
 /**
- * The start-up reconcile of the journal with the kernel (SPEC §7), run
- * behind the receivers: at 1,000,000 blocks it takes seconds, and the
- * kernel's elements keep dropping meanwhile. Says when it is done.
+ * The start-up restore of the journal and its reconcile with the kernel
+ * (SPEC §7), run behind the receivers: at 1,000,000 blocks they take
+ * seconds, and the kernel's elements keep dropping meanwhile. Says when
+ * they are done, with what the journal held.
  */
-export function reconcileBehind(blocker: Blocker, log: Logger): Promise<void> {
+export async function reconcileBehind(restoring: Promise<RestoreSummary | null>, blocker: Blocker, log: Logger): Promise<void> {
   const t0 = performance.now();
-  return blocker.resync(true).then(
-    (r) => log.info({ adopted: r.adopted, restored: r.added, removed: r.removed, reconcileMs: Math.round(performance.now() - t0) }, 'reconciled with the kernel'),
-    (err: unknown) => log.error({ err: describe(err) }, 'reconcile with the kernel failed; the next check retries'),
-  );
+  let journal: RestoreSummary | null = null;
+  try {
+    journal = await restoring;
+    const r = await blocker.resync(true);
+    log.info({ journal, adopted: r.adopted, restored: r.added, removed: r.removed, reconcileMs: Math.round(performance.now() - t0) }, 'reconciled with the kernel');
+  } catch (err) {
+    log.error({ journal, err: describe(err) }, 'reconcile with the kernel failed; the next check retries');
+  }
 }

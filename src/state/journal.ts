@@ -2,6 +2,7 @@ import {
   closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseNetwork } from '../address.js';
 import { SOURCES, type Block, type Source } from '../block.js';
@@ -83,14 +84,42 @@ export class Journal {
     }
   }
 
+  /**
+   * Reads the journal like `load`, without holding the event loop: the file
+   * is read asynchronously and its blocks, one per line, are parsed a slice
+   * at a time (1,000,000 blocks take seconds; the receivers answer meanwhile).
+   * A journal in one line (as written before) is parsed in one go.
+   */
+  async loadAsync(moveAside = true): Promise<JournalLoad> {
+    let text: string;
+    try {
+      checkStateDir(this.dir);
+      text = await readJournalAsync(this.path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { blocks: [], offences: [], movedAside: null, error: null };
+      if (err instanceof Unusable) return this.aside(moveAside, err.message);
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') return this.aside(moveAside, `${this.path} is a symbolic link, which is never followed`);
+      if (err instanceof RatedError) throw err;
+      throw new RatedError('STATE_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      return { ...(await parseJournalLines(text)), movedAside: null, error: null };
+    } catch (err) {
+      return this.aside(moveAside, (err as Error).message);
+    }
+  }
+
   /** Writes the journal atomically; throws the file system's error (ENOSPC, EROFS) to the caller. */
   save(state: JournalState): void {
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
     const dir = checkStateDir(this.dir);
-    const stored: StoredBlock[] = state.blocks.map((b) => ({
+    // One JSON document with one block per line: any JSON reader reads it,
+    // and loadAsync() reads it a line at a time without stopping the daemon.
+    const lines = state.blocks.map((b) => JSON.stringify({
       ip: b.net.text, rule: b.rule, reason: b.reason, source: b.source, since: b.since, expires: b.expires, hits: b.hits,
-    }));
-    const text = JSON.stringify({ version: VERSION, savedAt: new Date().toISOString(), blocks: stored, offences: state.offences });
+    } satisfies StoredBlock));
+    const head = `{"version":${VERSION},"savedAt":${JSON.stringify(new Date().toISOString())},"blocks":[`;
+    const text = `${head}${lines.length > 0 ? `\n${lines.join(',\n')}\n` : ''}],"offences":${JSON.stringify(state.offences)}}\n`;
     // A fresh name, created exclusively and never through a link: whoever owns
     // the directory cannot aim this write, or the chown below, at another file.
     const tmp = `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
@@ -182,6 +211,28 @@ function readJournal(path: string): string {
   }
 }
 
+/** `readJournal` without holding the event loop while the file is read. */
+async function readJournalAsync(path: string): Promise<string> {
+  const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const st = await file.stat();
+    if (!st.isFile()) throw new Unusable(`${path} is not a regular file`);
+    if (st.size > MAX_JOURNAL_BYTES) {
+      throw new Unusable(`${path} holds ${Math.round(st.size / 1048576)} MB, more than any journal (${MAX_JOURNAL_BYTES / 1048576} MB)`);
+    }
+    const buf = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    while (off < buf.length) {
+      const { bytesRead } = await file.read(buf, off, Math.min(4 << 20, buf.length - off), null);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return buf.toString('utf8', 0, off);
+  } finally {
+    await file.close();
+  }
+}
+
 /**
  * Writes every byte: on a nearly full disk write(2) may take only part of the
  * buffer without an error, and the rest then fails with ENOSPC.
@@ -198,31 +249,72 @@ export function parseJournal(text: string): JournalState {
   if (!Array.isArray(doc.blocks)) throw new Error('journal has no block list');
   const blocks: Block[] = [];
   const rejected: string[] = [];
-  // Read as what it may be: any JSON at all.
-  for (const raw of doc.blocks as Array<Partial<StoredBlock> | null>) {
-    const ip = raw?.ip;
-    const net = typeof ip === 'string' ? parseNetwork(ip) : null;
-    if (!raw || !net || raw.source === undefined || !SOURCES.has(raw.source)) {
-      rejected.push(`${typeof ip === 'string' ? JSON.stringify(ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
-      continue;
-    }
-    blocks.push({
-      net,
-      rule: typeof raw.rule === 'string' ? raw.rule : null,
-      reason: typeof raw.reason === 'string' ? raw.reason : null,
-      source: raw.source,
-      since: typeof raw.since === 'number' ? raw.since : null,
-      expires: typeof raw.expires === 'number' ? raw.expires : null,
-      hits: typeof raw.hits === 'number' ? raw.hits : null,
-    });
+  for (const raw of doc.blocks) readEntry(raw, blocks, rejected);
+  return { blocks, offences: readOffences(doc.offences), rejected };
+}
+
+/** One stored block, read as what it may be (any JSON at all), into `blocks` or, refused, into `rejected`. */
+function readEntry(value: unknown, blocks: Block[], rejected: string[]): void {
+  const raw = value as Partial<StoredBlock> | null;
+  const ip = raw?.ip;
+  const net = typeof ip === 'string' ? parseNetwork(ip) : null;
+  if (!raw || !net || raw.source === undefined || !SOURCES.has(raw.source)) {
+    rejected.push(`${typeof ip === 'string' ? JSON.stringify(ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
+    return;
   }
+  blocks.push({
+    net,
+    rule: typeof raw.rule === 'string' ? raw.rule : null,
+    reason: typeof raw.reason === 'string' ? raw.reason : null,
+    source: raw.source,
+    since: typeof raw.since === 'number' ? raw.since : null,
+    expires: typeof raw.expires === 'number' ? raw.expires : null,
+    hits: typeof raw.hits === 'number' ? raw.hits : null,
+  });
+}
+
+function readOffences(value: unknown): Array<[string, OffenceRecord]> {
   const offences: Array<[string, OffenceRecord]> = [];
-  if (Array.isArray(doc.offences)) {
-    for (const entry of doc.offences as unknown[]) {
-      if (!Array.isArray(entry) || typeof entry[0] !== 'string') continue;
-      const o = entry[1] as { count?: unknown; lastAt?: unknown };
-      if (typeof o.count === 'number' && typeof o.lastAt === 'number') offences.push([entry[0], { count: o.count, lastAt: o.lastAt }]);
-    }
+  if (!Array.isArray(value)) return offences;
+  for (const entry of value as unknown[]) {
+    if (!Array.isArray(entry) || typeof entry[0] !== 'string') continue;
+    const o = entry[1] as { count?: unknown; lastAt?: unknown } | null;
+    if (typeof o?.count === 'number' && typeof o.lastAt === 'number') offences.push([entry[0], { count: o.count, lastAt: o.lastAt }]);
   }
-  return { blocks, offences, rejected };
+  return offences;
+}
+
+/** Blocks parsed between two pauses for the event loop. */
+const SLICE = 20_000;
+
+/**
+ * Parses journal text as `save` writes it — a head line, one block per line,
+ * a tail line — pausing for the event loop every SLICE blocks; anything else
+ * (a journal in one line) goes to `parseJournal`. Throws on anything
+ * unexpected, as `parseJournal` does: nothing of a damaged journal is used.
+ */
+async function parseJournalLines(text: string): Promise<JournalState> {
+  const first = text.indexOf('\n');
+  const head = first < 0 ? '' : text.slice(0, first);
+  if (!head.endsWith('"blocks":[')) return parseJournal(text);
+  const { version } = JSON.parse(`${head}]}`) as { version?: unknown };
+  if (version !== VERSION) throw new Error(`unknown journal version ${JSON.stringify(version)}`);
+  const blocks: Block[] = [];
+  const rejected: string[] = [];
+  let at = first + 1;
+  let n = 0;
+  for (;;) {
+    const end = text.indexOf('\n', at);
+    const line = end < 0 ? text.slice(at) : text.slice(at, end);
+    if (!line.startsWith('{')) {
+      // The tail: `],"offences":[…]}`.
+      const tail = JSON.parse(`{"blocks":[${line}`) as { offences?: unknown };
+      if (end >= 0 && text.slice(end + 1).trim() !== '') throw new Error('journal continues after its end');
+      return { blocks, offences: readOffences(tail.offences), rejected };
+    }
+    readEntry(JSON.parse(line.endsWith(',') ? line.slice(0, -1) : line), blocks, rejected);
+    if (end < 0) throw new Error('journal ends inside its block list');
+    at = end + 1;
+    if (++n % SLICE === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 }

@@ -5,7 +5,7 @@ import { tooWide, WIDEST, type Block } from '../block.js';
 import { formatSpan, MAX_DURATION_MS } from '../duration.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Journal, OffenceRecord } from './journal.js';
+import { checkStateDir, type Journal, type JournalLoad, type OffenceRecord } from './journal.js';
 import { StateLock } from './lock.js';
 
 /** Where restored blocks go and saved ones come from (the Blocker). */
@@ -34,6 +34,14 @@ export interface KeeperOptions {
   readonly log: Logger;
   /** Called for each journal error, for the metrics. */
   readonly onError?: () => void;
+}
+
+interface Tally {
+  readonly now: number;
+  adopted: number;
+  expired: number;
+  refused: number;
+  readonly invalid: string[];
 }
 
 /** What a restore found. */
@@ -65,6 +73,8 @@ export class JournalKeeper {
   /** Creates the state directory and takes its lock, so that one daemon at a time writes there. */
   lock(): void {
     mkdirSync(this.o.journal.dir, { recursive: true, mode: 0o750 });
+    // A state directory that is a link or writable by others stops the start here (STATE_FAILED).
+    checkStateDir(this.o.journal.dir);
     this.held = new StateLock(this.o.journal.dir);
     this.held.acquire();
   }
@@ -86,37 +96,58 @@ export class JournalKeeper {
    * are skipped and reported.
    */
   restore(moveAside = true): RestoreSummary {
-    const { log } = this.o;
     const loaded = this.o.journal.load(moveAside);
-    this.restored = true;
+    const tally = this.begin(loaded);
+    for (const block of loaded.blocks) this.take(block, tally);
+    return this.finish(loaded, tally);
+  }
+
+  /**
+   * `restore` without holding the event loop: the daemon's receivers answer
+   * while 1,000,000 blocks are read and adopted, a slice at a time.
+   */
+  async restoreAsync(): Promise<RestoreSummary> {
+    const loaded = await this.o.journal.loadAsync();
+    const tally = this.begin(loaded);
+    let n = 0;
+    for (const block of loaded.blocks) {
+      this.take(block, tally);
+      if (++n % 20_000 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return this.finish(loaded, tally);
+  }
+
+  private begin(loaded: JournalLoad): Tally {
     this.usable = loaded.error === null || loaded.movedAside !== null;
     if (loaded.movedAside) {
       this.o.onError?.();
-      log.error({ file: loaded.movedAside, err: loaded.error }, 'journal unreadable; moved it aside and starting from the kernel state');
+      this.o.log.error({ file: loaded.movedAside, err: loaded.error }, 'journal unreadable; moved it aside and starting from the kernel state');
     }
-    const now = this.o.now();
-    let adopted = 0;
-    let expired = 0;
-    let refused = 0;
-    const invalid: string[] = [...(loaded.rejected ?? [])];
-    for (const block of loaded.blocks) {
-      const problem = this.problem(block, now);
-      if (problem !== null) invalid.push(`${block.net.text}: ${problem}`);
-      else if (block.expires !== null && block.expires <= now) {
-        expired++;
-        this.o.dropExpired?.(block.net);
-      } else if (this.o.isAllowed(block.net)) refused++;
-      else {
-        this.o.blocks.adopt(block);
-        adopted++;
-      }
+    return { now: this.o.now(), adopted: 0, expired: 0, refused: 0, invalid: [...(loaded.rejected ?? [])] };
+  }
+
+  private take(block: Block, t: Tally): void {
+    const problem = this.problem(block, t.now);
+    if (problem !== null) t.invalid.push(`${block.net.text}: ${problem}`);
+    else if (block.expires !== null && block.expires <= t.now) {
+      t.expired++;
+      this.o.dropExpired?.(block.net);
+    } else if (this.o.isAllowed(block.net)) t.refused++;
+    else {
+      this.o.blocks.adopt(block);
+      t.adopted++;
     }
-    if (invalid.length > 0) {
+  }
+
+  private finish(loaded: JournalLoad, t: Tally): RestoreSummary {
+    if (t.invalid.length > 0) {
       this.o.onError?.();
-      log.warn({ skipped: invalid.length, entries: invalid.slice(0, 5) }, 'journal entries that no input could have made were skipped; the rest is kept');
+      this.o.log.warn({ skipped: t.invalid.length, entries: t.invalid.slice(0, 5) }, 'journal entries that no input could have made were skipped; the rest is kept');
     }
     this.o.offences.importOffences(loaded.offences);
-    return { blocks: adopted, expired, refused, invalid: invalid.length };
+    // From now on a write holds every block: before, it would have held only those read so far.
+    this.restored = true;
+    return { blocks: t.adopted, expired: t.expired, refused: t.refused, invalid: t.invalid.length };
   }
 
   /**

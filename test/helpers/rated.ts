@@ -171,7 +171,7 @@ export async function startRated(options: RatedOptions): Promise<Rated> {
     try {
       await waitFor(() => lines.some(isReconciled) || state.exit !== null, { timeoutMs, intervalMs: 25, what: 'the "reconciled with the kernel" line' });
       const reconciled = lines.find(isReconciled);
-      if (reconciled) started = { ...reconciled, ...started, ...(reconciled.msg === 'reconciled with the kernel' ? pick(reconciled) : {}) };
+      if (reconciled) started = { ...reconciled, ...started, ...pick(reconciled) };
     } catch (err) {
       failure = (err as Error).message;
       started = undefined;

@@ -119,3 +119,33 @@ test('a failing write is said once and retried; the next good write says so', ()
     s.cleanup();
   }
 });
+
+test('a journal written one block per line is read back a slice at a time, the same as in one go', async () => {
+  const s = setup([]);
+  try {
+    s.keeper.restore();
+    for (let i = 0; i < 45_000; i++) {
+      s.adopted.push({ net: net(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`), rule: 'r', reason: null, source: 'rule', since: NOW, expires: NOW + HOUR, hits: 2 });
+    }
+    s.keeper.saveNow();
+    const text = readFileSync(join(s.dir, 'blocks.json'), 'utf8');
+    assert.equal(text.split('\n').length, 45_000 + 3, 'a head line, a line per block, a tail line and the end');
+    assert.equal((JSON.parse(text) as { blocks: unknown[] }).blocks.length, 45_000, 'still one JSON document');
+    const journal = new Journal(s.dir);
+    const sync = journal.load(false);
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 0);
+    const async = await journal.loadAsync(false);
+    clearInterval(ticker);
+    assert.equal(async.blocks.length, 45_000);
+    assert.deepEqual(async.blocks.map((b) => b.net.text), sync.blocks.map((b) => b.net.text));
+    assert.ok(ticks > 0, 'the event loop ran while it read');
+    // A damaged line: nothing of the journal is used, and it is moved aside as before.
+    writeFileSync(join(s.dir, 'blocks.json'), text.replace('"10.0.0.7"', '"10.0.0.7'));
+    const damaged = await journal.loadAsync(true);
+    assert.equal(damaged.blocks.length, 0);
+    assert.ok(damaged.movedAside !== null);
+  } finally {
+    s.cleanup();
+  }
+});
