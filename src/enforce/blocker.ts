@@ -6,6 +6,7 @@ import { RateLimitedLog, type Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { viewBlock, type Block, type BlockView, type Dropped, type ListQuery, type Source } from '../block.js';
 import type { Backend, KernelEntry } from './backend.js';
+import { ExpiryHeap } from './expiry-heap.js';
 
 /** A decision to block. */
 export interface BlockRequest {
@@ -97,6 +98,8 @@ export class Blocker {
    */
   private readonly expiring = new Map<string, number>();
   private closed = false;
+  /** Every block with an expiry, soonest first (and stale entries, skipped when they come up). */
+  private readonly expiry = new ExpiryHeap<Block>();
   private advised = false;
   readonly lastErrors: Array<{ at: string; error: string }> = [];
 
@@ -167,6 +170,7 @@ export class Blocker {
     if (existing) {
       if (existing.expires === null || existing.expires >= expires) return 'unchanged';
       existing.expires = expires;
+      this.expiry.push(expires, existing);
       existing.rule = req.rule ?? existing.rule;
       existing.reason = req.reason ?? existing.reason;
       existing.hits = req.hits ?? existing.hits;
@@ -266,16 +270,24 @@ export class Blocker {
     this.sweepTimer.unref();
   }
 
-  /** Lifts the blocks whose time is up. */
+  /** Lifts the blocks whose time is up: as many steps as blocks expire, whatever the number in force. */
   sweep(): void {
     const now = this.now();
-    for (const [text, until] of this.expiring) if (until <= now) this.expiring.delete(text);
+    for (const [text, until] of this.expiring) {
+      // In expiry order: the first one still lingering ends the walk.
+      if (until > now) break;
+      this.expiring.delete(text);
+    }
     let any = false;
-    for (const block of this.blocks.values()) {
-      if (block.expires !== null && block.expires <= now) {
-        this.lift(block, 'expired', !this.backend.expiresInKernel);
-        any = true;
-      }
+    for (const [at, block] of this.expiry.due(now)) {
+      // Lifted, or extended, since this entry was made: stale.
+      if (this.blocks.get(block.net.text) !== block || block.expires !== at) continue;
+      this.lift(block, 'expired', !this.backend.expiresInKernel);
+      any = true;
+    }
+    // Stale entries of extended and lifted blocks: dropped when they outnumber the blocks.
+    if (this.expiry.size > 2 * this.blocks.size + 1024) {
+      this.expiry.rebuild((at, b) => this.blocks.get(b.net.text) === b && b.expires === at);
     }
     if (any) this.changed();
   }
@@ -456,6 +468,7 @@ export class Blocker {
 
   private insert(block: Block): void {
     this.blocks.set(block.net.text, block);
+    if (block.expires !== null) this.expiry.push(block.expires, block);
     const key = `${block.net.family}/${block.net.prefix}`;
     let set = this.byLength.get(key);
     if (!set) this.byLength.set(key, (set = new Set()));
