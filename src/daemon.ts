@@ -107,7 +107,7 @@ export class Daemon implements ControlApi {
       await core?.blocker.close();
       await this.control?.server.close();
       await this.redis?.close();
-      core?.keeper?.close();
+      await core?.keeper?.close();
       this.log.info({ blocks: core?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');
     })();
     return this.stopping;

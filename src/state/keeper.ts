@@ -63,6 +63,8 @@ export class JournalKeeper {
   private lastSaveMs = 0;
   private failing = false;
   private held: StateLock | null = null;
+  private saving: Promise<void> | null = null;
+  private again = false;
   /** Nothing is written before the journal was read: a start that failed early must not replace it with nothing. */
   private restored = false;
   /** False when the journal found at restore was unusable and left in place: it is then never overwritten. */
@@ -79,8 +81,9 @@ export class JournalKeeper {
     this.held.acquire();
   }
 
-  /** Writes the journal a last time and lets go of the lock. */
-  close(): void {
+  /** Writes the journal a last time, after any write in flight, and lets go of the lock. */
+  async close(): Promise<void> {
+    await this.saving;
     this.saveNow();
     this.held?.release();
     this.held = null;
@@ -167,7 +170,7 @@ export class JournalKeeper {
     return null;
   }
 
-  /** Asks for a write soon. */
+  /** Asks for a write soon; it is made in the background (`saveAsync`). */
   schedule(): void {
     if (this.timer) return;
     // A write costs O(blocks): during a ban storm, spend at most a twentieth of the time on it.
@@ -175,26 +178,15 @@ export class JournalKeeper {
     this.later(Math.max(200, this.lastSaveMs * 20));
   }
 
-  /** Writes the journal now; on failure keeps running on memory and the kernel, says so once and retries. */
+  /** Writes the journal now, in this turn of the event loop (stop, the CLI); on failure says so once and retries. */
   saveNow(): void {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
+    this.cancel();
     const started = performance.now();
     try {
       this.write();
-      this.lastSaveMs = performance.now() - started;
-      if (this.failing) this.o.log.info({ file: this.path }, 'journal written again');
-      this.failing = false;
+      this.saved(performance.now() - started);
     } catch (err) {
-      this.o.onError?.();
-      if (!this.failing) {
-        this.o.log.error({ file: this.path, err: describe(err) }, 'cannot write the journal; blocks stay in memory and in the kernel');
-      }
-      this.failing = true;
-      // Retry later: the next change, or this timer.
-      this.later(5000);
+      this.failed(err);
     }
   }
 
@@ -204,10 +196,54 @@ export class JournalKeeper {
     this.o.journal.save({ blocks: this.o.blocks.list(), offences: this.o.offences.exportOffences() });
   }
 
+  /**
+   * Writes the journal without holding the event loop; one write at a time,
+   * and a change during one asks for another after it.
+   */
+  private saveInBackground(): void {
+    if (this.saving) {
+      this.again = true;
+      return;
+    }
+    if (!this.restored) return;
+    const started = performance.now();
+    this.saving = this.o.journal.saveAsync({ blocks: this.o.blocks.list(), offences: this.o.offences.exportOffences() })
+      .then(() => this.saved(performance.now() - started), (err: unknown) => this.failed(err))
+      .finally(() => {
+        this.saving = null;
+        if (this.again) {
+          this.again = false;
+          this.schedule();
+        }
+      });
+  }
+
+  private saved(ms: number): void {
+    this.lastSaveMs = ms;
+    if (this.failing) this.o.log.info({ file: this.path }, 'journal written again');
+    this.failing = false;
+  }
+
+  private failed(err: unknown): void {
+    this.o.onError?.();
+    if (!this.failing) {
+      this.o.log.error({ file: this.path, err: describe(err) }, 'cannot write the journal; blocks stay in memory and in the kernel');
+    }
+    this.failing = true;
+    // Retry later: the next change, or this timer.
+    this.cancel();
+    this.later(5000);
+  }
+
+  private cancel(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
   private later(ms: number): void {
     this.timer = setTimeout(() => {
       this.timer = null;
-      this.saveNow();
+      this.saveInBackground();
     }, ms);
     this.timer.unref();
   }

@@ -11,6 +11,7 @@ import { createLogger } from '../../../src/log.js';
 import { Journal } from '../../../src/state/journal.js';
 import { JournalKeeper, type OffenceBook } from '../../../src/state/keeper.js';
 import { net } from '../../helpers/net.js';
+import { waitFor } from '../../helpers/wait-for.js';
 import { Writable } from 'node:stream';
 
 const NOW = 1_800_000_000_000;
@@ -76,12 +77,12 @@ test('a journal that cannot be used is left in place when asked, and is then nev
   }
 });
 
-test('nothing is written before the journal was read: a start that failed early keeps the old journal', () => {
+test('nothing is written before the journal was read: a start that failed early keeps the old journal', async () => {
   const s = setup([stored('198.51.100.7', 'rule', NOW + HOUR)]);
   try {
     const before = readFileSync(join(s.dir, 'blocks.json'), 'utf8');
     s.keeper.saveNow();
-    s.keeper.close();
+    await s.keeper.close();
     assert.equal(readFileSync(join(s.dir, 'blocks.json'), 'utf8'), before);
   } finally {
     s.cleanup();
@@ -145,6 +146,27 @@ test('a journal written one block per line is read back a slice at a time, the s
     const damaged = await journal.loadAsync(true);
     assert.equal(damaged.blocks.length, 0);
     assert.ok(damaged.movedAside !== null);
+  } finally {
+    s.cleanup();
+  }
+});
+
+test('a scheduled write is made in the background and reads back the same as a write in one go', async () => {
+  const s = setup([stored('198.51.100.7', 'rule', NOW + HOUR)]);
+  try {
+    s.keeper.restore();
+    for (let i = 0; i < 30_000; i++) {
+      s.adopted.push({ net: net(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`), rule: 'r', reason: 'x', source: 'rule', since: NOW, expires: NOW + HOUR, hits: 2 });
+    }
+    s.keeper.schedule();
+    const file = join(s.dir, 'blocks.json');
+    await waitFor(() => (JSON.parse(readFileSync(file, 'utf8')) as { blocks: unknown[] }).blocks.length === 30_001, { timeoutMs: 5000, what: 'the background write' });
+    const background = readFileSync(file, 'utf8');
+    s.keeper.saveNow();
+    const inOneGo = readFileSync(file, 'utf8');
+    const withoutTime = (t: string): string => t.replace(/"savedAt":"[^"]+"/, '');
+    assert.equal(withoutTime(background), withoutTime(inOneGo));
+    await s.keeper.close();
   } finally {
     s.cleanup();
   }
