@@ -1,15 +1,15 @@
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
 import { describe, EXIT, RatedError } from '../errors.js';
 import { VERSION } from '../version.js';
-import { block, flush, list, unblock } from './commands/blocks.js';
-import { checkConfig } from './commands/check-config.js';
-import { replay, STDIN } from './commands/replay.js';
-import { run } from './commands/run.js';
-import { status } from './commands/status.js';
+import { STDIN } from './stdin.js';
+
+// Each command loads its own modules when it runs: `rated --version` and
+// `rated list` never load the daemon, the receivers or the Redis client.
+const blocks = (): Promise<typeof import('./commands/blocks.js')> => import('./commands/blocks.js');
+
 
 /** Builds the command line; handlers run through parseAsync so errors reach one catch. */
-function cli(argv: string[]) {
+async function cli(argv: string[]) {
+  const { default: yargs } = await import('yargs');
   return yargs(argv)
     .scriptName('rated')
     .usage('$0 <command> [options]')
@@ -17,36 +17,36 @@ function cli(argv: string[]) {
     .option('socket', { type: 'string', describe: 'control socket (default: control.socket)' })
     .command('run', 'run the daemon in the foreground', (y) => y
       .option('dry-run', { type: 'boolean', describe: 'decide, log and list, never touch the kernel' }),
-    async (a) => run({ config: a.config, socket: a.socket, dryRun: a.dryRun }))
+    async (a) => (await import('./commands/run.js')).run({ config: a.config, socket: a.socket, dryRun: a.dryRun }))
     .command('list', 'list active blocks', (y) => y
       .option('json', { type: 'boolean', describe: 'JSON for scripts' })
       .option('sort', { choices: ['dropped', 'expires', 'since'] as const, describe: 'most dropped, soonest to end, or newest first' })
       .option('limit', { type: 'number', describe: 'at most this many blocks (after --sort)' }),
-    async (a) => list({ config: a.config, socket: a.socket, json: a.json, sort: a.sort, limit: a.limit }))
+    async (a) => (await blocks()).list({ config: a.config, socket: a.socket, json: a.json, sort: a.sort, limit: a.limit }))
     .command('block <target>', 'block an address or CIDR network', (y) => y
       .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' })
       .option('for', { type: 'string', describe: 'duration: 90s, 10m, 6h, 1d or seconds (default: the first rule\'s block)' })
       .option('reason', { type: 'string', describe: 'why, shown by list' })
       .option('json', { type: 'boolean', describe: 'print the block as JSON' }),
-    async (a) => block({ config: a.config, socket: a.socket, target: a.target, for: a.for, reason: a.reason, json: a.json }))
+    async (a) => (await blocks()).block({ config: a.config, socket: a.socket, target: a.target, for: a.for, reason: a.reason, json: a.json }))
     .command('unblock <target>', 'lift a block and forget the client\'s counters', (y) => y
       .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' }),
-    async (a) => unblock({ config: a.config, socket: a.socket, target: a.target }))
+    async (a) => (await blocks()).unblock({ config: a.config, socket: a.socket, target: a.target }))
     .command('flush', 'lift every block rated manages, and nothing else', (y) => y
       .option('yes', { type: 'boolean', describe: 'do not ask for confirmation' }),
-    async (a) => flush({ config: a.config, socket: a.socket, yes: a.yes }))
+    async (a) => (await blocks()).flush({ config: a.config, socket: a.socket, yes: a.yes }))
     .command('status', 'show whether rated is up and what it is doing', (y) => y
       .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
-    async (a) => status({ config: a.config, socket: a.socket, json: a.json }))
+    async (a) => (await import('./commands/status.js')).status({ config: a.config, socket: a.socket, json: a.json }))
     .command('check-config', 'validate and print the effective configuration', (y) => y
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing when it is valid (service start-up checks)' }),
-    (a) => checkConfig({ config: a.config, socket: a.socket, quiet: a.quiet }))
+    async (a) => (await import('./commands/check-config.js')).checkConfig({ config: a.config, socket: a.socket, quiet: a.quiet }))
     .command('replay <logs..>', 'run nginx access logs through the rules on their own timestamps; touches nothing', (y) => y
       .positional('logs', { type: 'string', array: true, demandOption: true, describe: 'access logs (combined format; .gz read directly; - for stdin), oldest first' })
       .option('json', { type: 'boolean', describe: 'JSON for scripts' })
       .option('pattern', { type: 'string', describe: 'regex with named groups ip and time (and method, status, host, uri) for another log format' })
       .option('allow-self', { type: 'boolean', describe: 'also spare this host\'s own addresses (allowSelf; off: logs are often replayed elsewhere)' }),
-    async (a) => replay({ config: a.config, socket: a.socket, logs: a.logs, json: a.json, pattern: a.pattern, allowSelf: a.allowSelf }))
+    async (a) => (await import('./commands/replay.js')).replay({ config: a.config, socket: a.socket, logs: a.logs, json: a.json, pattern: a.pattern, allowSelf: a.allowSelf }))
     .demandCommand(1, 'name a command; see rated --help')
     .strict()
     // yargs reports a usage mistake (unknown option, missing argument) with a
@@ -68,9 +68,14 @@ export async function main(argv: string[]): Promise<void> {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(EXIT.ok);
   });
+  // Scripts ask this often; yargs alone takes longer to load than the answer.
+  if (argv.length === 1 && argv[0] === '--version') {
+    process.stdout.write(`${VERSION}\n`);
+    return;
+  }
   try {
     // yargs drops a lone "-" from positionals: hand it over as a name no file can have.
-    await cli(argv.map((a) => (a === '-' ? STDIN : a))).parseAsync();
+    await (await cli(argv.map((a) => (a === '-' ? STDIN : a)))).parseAsync();
   } catch (err) {
     if (err instanceof RatedError) {
       process.stderr.write(`rated: ${err.message}\n`);
@@ -85,4 +90,5 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-await main(hideBin(process.argv));
+// What yargs' hideBin does: the arguments after node and the script.
+await main(process.argv.slice(2));

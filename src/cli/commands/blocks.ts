@@ -3,8 +3,9 @@ import { orderViews, parseBlockTarget, type BlockOrder, type BlockView, type Lis
 import { streamList } from '../../control/client.js';
 import { RatedError } from '../../errors.js';
 import { api, daemonOrKernel, onDaemon, out, type GlobalArgs } from '../context.js';
-import { kernelOf, offline } from '../offline.js';
 import { TableWriter } from '../format.js';
+
+// The daemon-down paths import ../offline.js (the daemon's parts) when they run; the rest never loads it.
 
 /**
  * `rated list`: active blocks, streamed from the daemon as it sends them
@@ -26,7 +27,7 @@ export async function list(args: GlobalArgs & { json?: boolean; sort?: BlockOrde
       }, args.json ? (text) => process.stdout.write(text) : undefined));
       return null;
     },
-    async (config) => orderViews((await kernelOf(config).then((backend) => backend.list())).map((e) => ({
+    async (config) => orderViews((await (await import('../offline.js')).kernelOf(config).then((backend) => backend.list())).map((e) => ({
       ip: e.net.text, rule: null, reason: null, source: 'reconciled' as const, since: null,
       expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null, dropped: e.dropped ?? null,
     })), query),
@@ -61,7 +62,7 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
         throw err;
       }
     },
-    async (config) => offline(config, true, async (op) => (await op.unblock(args.target))?.ip ?? null),
+    async (config) => (await import('../offline.js')).offline(config, true, async (op) => (await op.unblock(args.target))?.ip ?? null),
   );
   if (lifted === null) throw new RatedError('NOT_FOUND', `${net.text} is not blocked (rated list shows what is)`);
   out(`unblocked ${lifted}`);
@@ -80,7 +81,7 @@ export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void>
     args,
     async () => ((await api(args, 'DELETE', '/blocks')).body as { lifted: number }).lifted,
     // The kernel first: when it fails, the journal still holds every block.
-    async (config) => offline(config, false, (op) => op.flush()),
+    async (config) => (await import('../offline.js')).offline(config, false, (op) => op.flush()),
   );
   out(`lifted ${lifted} block${lifted === 1 ? '' : 's'}`);
 }

@@ -6,9 +6,8 @@ import { RatedError } from '../../errors.js';
 import { compilePattern, hasGroup, LineParser, LineSplitter } from '../../receive/line.js';
 import { Replay, REORDER_MS, type ReplayBlock, type ReplaySummary } from '../../replay.js';
 import { configOf, out, type GlobalArgs } from '../context.js';
+import { STDIN } from '../stdin.js';
 
-/** How main.ts passes a `-` argument (yargs drops a lone "-"); NUL cannot be in a path. */
-export const STDIN = '\0-';
 
 export interface ReplayArgs extends GlobalArgs {
   logs: string[];
