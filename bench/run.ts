@@ -14,6 +14,7 @@ import { killAllStarted } from './lib/proc.js';
 import { ROOT } from './lib/rated.js';
 import { markdownTable, Results, textTable, type Outcome } from './lib/results.js';
 import { blockLatency } from './scenarios/block-latency.js';
+import { cli } from './scenarios/cli.js';
 import { blockScaling } from './scenarios/block-scaling.js';
 import { blockSpeed } from './scenarios/block-speed.js';
 import { ingest } from './scenarios/ingest.js';
@@ -24,7 +25,7 @@ import { restart } from './scenarios/restart.js';
 import { scale } from './scenarios/scale.js';
 import { webCost } from './scenarios/web-cost.js';
 
-const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, scale, replay, restart, memory, redis];
+const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, scale, replay, restart, memory, redis, cli];
 
 const USAGE = `usage: npm run bench -- [SCENARIO…] [options]
 

@@ -156,6 +156,21 @@ export function isLoopback(address: string | undefined): boolean {
 }
 
 /**
+ * `ADDRESS:PORT` or `[IPV6]:PORT` to listen on (`metrics.listen`); the
+ * address one that parses as a single address (or `0.0.0.0`, `::`), the port
+ * 1–65535. Null when it is not that.
+ */
+export function parseListen(s: string): { address: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(s);
+  const address = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (address === undefined || !(port >= 1 && port <= 65535)) return null;
+  if (address === '0.0.0.0' || address === '::') return { address, port };
+  const n = parseNetwork(address);
+  return n !== null && n.prefix === (n.family === 4 ? 32 : 128) ? { address: n.text, port } : null;
+}
+
+/**
  * Special-purpose ranges (IANA's registries) that can never be a remote
  * client: a block there cuts the host off its own link, its neighbours or
  * itself. Whatever the allow list says, nothing inside one, and no network

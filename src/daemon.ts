@@ -3,7 +3,7 @@ import type { BlockView, ListQuery } from './block.js';
 import { Intervals, steadyClock } from './clock.js';
 import type { Config } from './config/schema.js';
 import type { ControlApi } from './control/api.js';
-import { listenControl, refuseIfRunning, type ControlServer } from './control/server.js';
+import { listenControl, refuseIfRunning } from './control/server.js';
 import { statusView } from './control/status.js';
 import { assemble, type Core } from './core.js';
 import { createRunner, selectBackend, type Backend } from './enforce/index.js';
@@ -35,7 +35,7 @@ export class Daemon implements ControlApi {
   private backend!: Backend;
   private core!: Core;
   private receivers: Receivers | null = null;
-  private control: { server: ControlServer } | null = null;
+  private control: { socket: string; close: () => Promise<void> } | null = null;
   private redis: RedisSharing | null = null;
   private stopping: Promise<void> | null = null;
   private repairing: Promise<void> | null = null;
@@ -73,7 +73,7 @@ export class Daemon implements ControlApi {
       const { startSharing } = await import('./sharing/index.js');
       this.redis = await startSharing(c, { local: blocker, isAllowed: (net) => this.allow.has(net), limiter, log: this.log, metrics: this.stats });
     }
-    const control = this.control = await listenControl(socket, this, this.log, this.backend.kind === 'dry-run' && this.options.socket === undefined);
+    const control = this.control = await listenControl(socket, this, this.log, this.backend.kind === 'dry-run' && this.options.socket === undefined, c.metrics.listen);
     this.receivers = new Receivers(c.receivers, (hit) => limiter.record(hit), this.stats, this.log);
     await this.receivers.start();
     blocker.start();
@@ -105,7 +105,7 @@ export class Daemon implements ControlApi {
         this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
       }
       await core?.blocker.close();
-      await this.control?.server.close();
+      await this.control?.close();
       await this.redis?.close();
       await core?.keeper?.close();
       this.log.info({ blocks: core?.blocker.size ?? 0, kept: !this.c.firewall.flushOnExit }, 'rated stopped');

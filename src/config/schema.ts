@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { parseNetwork } from '../address.js';
+import { parseListen, parseNetwork } from '../address.js';
 import { parseDuration } from '../duration.js';
 import { parseRedisUrl } from '../redis-url.js';
 
@@ -33,6 +33,8 @@ const host = checked((s) => {
   const n = parseNetwork(s);
   return n !== null && n.prefix === (n.family === 4 ? 32 : 128) && !s.includes('/');
 }, 'an IP address to listen on');
+
+const listen = checked((s) => parseListen(s) !== null, 'ADDRESS:PORT like 127.0.0.1:9466 or [::1]:9466');
 const regex = checked((s) => {
   try {
     new RegExp(s);
@@ -116,6 +118,9 @@ export const configSchema = z.strictObject({
     flushOnExit: z.boolean().default(false),
     checkInterval: positiveDuration.default(30_000),
     maxBlocks: z.number().int().min(1).max(16_777_216).default(1_048_576),
+  }).prefault({}),
+  metrics: z.strictObject({
+    listen: listen.nullable().default(null),
   }).prefault({}),
   control: z.strictObject({
     socket: z.string().min(1).default('/run/rated/rated.sock'),

@@ -2,6 +2,7 @@ import { mkdirSync, chmodSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
+import { parseListen } from '../address.js';
 import type { ListQuery } from '../block.js';
 import { describe, RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -208,11 +209,34 @@ export function isAlive(path: string): Promise<boolean> {
 /**
  * Binds the control socket. A dry run by an ordinary user, who may not create
  * the configured one (under /run), uses the user's own socket instead
- * (`fallback`); the CLI looks there too. Returns the server and where it listens.
+ * (`fallback`); the CLI looks there too. With `metricsListen`, also serves
+ * GET /metrics over TCP. Returns where the socket is, and how to close both.
  */
 export async function listenControl(
-  configured: string, api: ControlApi, log: Logger, fallback: boolean,
-): Promise<{ server: ControlServer; socket: string }> {
+  configured: string, api: ControlApi, log: Logger, fallback: boolean, metricsListen: string | null = null,
+): Promise<{ socket: string; close: () => Promise<void> }> {
+  const { server, socket } = await bindControl(configured, api, log, fallback);
+  let metrics: Server | null;
+  try {
+    metrics = await listenMetrics(metricsListen, () => api.metrics(), log);
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  return {
+    socket,
+    close: async () => {
+      await server.close();
+      await new Promise<void>((resolve) => {
+        if (!metrics) return resolve();
+        metrics.close(() => resolve());
+        metrics.closeAllConnections();
+      });
+    },
+  };
+}
+
+async function bindControl(configured: string, api: ControlApi, log: Logger, fallback: boolean): Promise<{ server: ControlServer; socket: string }> {
   try {
     const server = new ControlServer(configured, api, log);
     await server.listen();
@@ -231,4 +255,32 @@ export async function listenControl(
 /** Throws ALREADY_RUNNING when a daemon answers on `socket`. */
 export async function refuseIfRunning(socket: string): Promise<void> {
   if (await isAlive(socket)) throw new RatedError('ALREADY_RUNNING', `another rated is already running on ${socket}; stop it first (rated status)`);
+}
+
+/**
+ * `metrics.listen` (SPEC §8): Prometheus cannot scrape a unix socket, so
+ * GET /metrics is served over TCP as well, and nothing else (404). Returns
+ * null when not configured.
+ */
+async function listenMetrics(listen: string | null, render: () => Promise<string>, log: Logger): Promise<Server | null> {
+  const at = listen === null ? null : parseListen(listen);
+  if (at === null) return null;
+  const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+    if (req.method !== 'GET' || pathOf(req.url ?? '/') !== '/metrics') return send(res, 404, { error: 'only GET /metrics is served here' });
+    render().then((text) => {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      res.end(text);
+    }, (err: unknown) => {
+      log.error({ err: describe(err) }, 'metrics request failed');
+      send(res, 500, { error: 'metrics unavailable' });
+    });
+  });
+  server.maxConnections = 64;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      reject(new RatedError('BIND_FAILED', `metrics.listen: cannot listen on ${listen ?? ''}: ${err.code ?? err.message}`, { cause: err }));
+    });
+    server.listen(at.port, at.address, () => resolve());
+  });
+  return server;
 }

@@ -122,3 +122,8 @@ test('a configuration file anyone may write, or that belongs to another user, is
     assert.match(configError(() => loadConfig(file)).message, /owned by uid 12345, neither root nor the user running rated.*chown root/);
   }
 });
+
+test('metrics.listen: ADDRESS:PORT or null; anything else names the key', () => {
+  assert.equal(parseConfig({ metrics: { listen: '127.0.0.1:9466' } }).metrics.listen, '127.0.0.1:9466');
+  assert.throws(() => parseConfig({ metrics: { listen: 'localhost:9466' } }), /^RatedError: metrics\.listen: expected ADDRESS:PORT/);
+});

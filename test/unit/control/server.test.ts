@@ -9,6 +9,7 @@ import type { BlockView } from '../../../src/block.js';
 import { callApi } from '../../../src/control/client.js';
 import type { ControlApi } from '../../../src/control/api.js';
 import { ControlServer, listenControl, refuseIfRunning } from '../../../src/control/server.js';
+import { parseListen } from '../../../src/address.js';
 import { RatedError } from '../../../src/errors.js';
 import { createLogger } from '../../../src/log.js';
 
@@ -35,16 +36,17 @@ const api: ControlApi = {
 
 let dir = '';
 let socket = '';
-let server: ControlServer;
+let control: { socket: string; close: () => Promise<void> };
+const METRICS_PORT = 40_000 + (process.pid % 20_000);
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'rated-control-'));
   socket = join(dir, 'control.sock');
-  server = (await listenControl(socket, api, createLogger('silent'), false)).server;
+  control = await listenControl(socket, api, createLogger('silent'), false, `127.0.0.1:${METRICS_PORT}`);
 });
 
 after(async () => {
-  await server.close();
+  await control.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -100,4 +102,25 @@ test('a second server on a live socket is refused with ALREADY_RUNNING; the firs
 
 test('a socket nobody answers on is unreachable, not an answer', async () => {
   await assert.rejects(callApi(join(dir, 'none.sock'), 'GET', '/status'), (err: RatedError) => err.code === 'DAEMON_UNREACHABLE');
+});
+
+test('metrics.listen serves GET /metrics over TCP, and nothing else', async () => {
+  const metrics = await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`);
+  assert.equal(metrics.status, 200);
+  assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+  assert.equal(await metrics.text(), 'rated_up 1\n');
+  for (const [method, path] of [['GET', '/status'], ['GET', '/blocks'], ['DELETE', '/blocks'], ['POST', '/metrics']]) {
+    const res = await fetch(`http://127.0.0.1:${METRICS_PORT}${path}`, { method });
+    assert.equal(res.status, 404, `${method} ${path}`);
+  }
+  assert.equal(asked.filter((a) => a.startsWith('unblock') || a.startsWith('block')).length, asked.length, 'nothing reached the API but metrics');
+});
+
+test('metrics.listen takes ADDRESS:PORT and [IPV6]:PORT, nothing else', () => {
+  assert.deepEqual(parseListen('127.0.0.1:9466'), { address: '127.0.0.1', port: 9466 });
+  assert.deepEqual(parseListen('[::1]:9466'), { address: '::1', port: 9466 });
+  assert.deepEqual(parseListen('0.0.0.0:9466'), { address: '0.0.0.0', port: 9466 });
+  for (const bad of ['localhost:9466', '127.0.0.1', '127.0.0.1:0', '127.0.0.1:70000', '::1:9466', '10.0.0.0/8:80', '[127.0.0.1]:80x']) {
+    assert.equal(parseListen(bad), null, bad);
+  }
 });
