@@ -8,6 +8,7 @@ import { statusView } from './control/status.js';
 import { assemble, type Core } from './core.js';
 import { createRunner, selectBackend, type Backend } from './enforce/index.js';
 import { describe } from './errors.js';
+import { explain } from './explain.js';
 import { AllowList, watchAddresses } from './limit/allow.js';
 import { createLogger, routeConsole, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -40,7 +41,7 @@ export class Daemon implements ControlApi {
   private stopping: Promise<void> | null = null;
   private repairing: Promise<void> | null = null;
   private started = false;
-  /** The journal's restore, which runs behind the receivers; `ready` once reconciled with the kernel too. */
+  /** The journal's restore, behind the receivers; `ready` once reconciled with the kernel too. */
   private restored: Promise<RestoreSummary | null> = Promise.resolve(null);
   private ready = false;
 
@@ -59,17 +60,15 @@ export class Daemon implements ControlApi {
     const socket = this.options.socket ?? c.control.socket;
     await refuseIfRunning(socket);
     await this.backend.ensure();
-    // Block times run on a clock that an NTP step does not move, as kernel timeouts do not.
+    // Block times run on a clock that an NTP step does not move, as kernel timeouts do not. Every block,
+    // whatever its source, first reads this host's addresses again (at most once a second).
     this.core = assemble({
       config: c, backend: this.backend, allow: this.allow, log: this.log, metrics: this.stats, now: steadyClock(), autosave: true,
-      // Every block, whatever its source, first reads this host's addresses again (at most once a second).
-      isAllowed: (net) => this.followOwn(1000, net),
-      sharing: () => this.redis,
+      isAllowed: (net) => this.followOwn(1000, net), sharing: () => this.redis,
     });
     const { blocker, limiter, keeper } = this.core;
     keeper?.lock();
-    if (c.redis) {
-      // Loaded only when configured: the Redis client costs about 20 MB of memory.
+    if (c.redis) { // loaded only when configured: the Redis client costs about 20 MB of memory
       const { startSharing } = await import('./sharing/index.js');
       this.redis = await startSharing(c, { local: blocker, isAllowed: (net) => this.allow.has(net), limiter, log: this.log, metrics: this.stats });
     }
@@ -129,6 +128,7 @@ export class Daemon implements ControlApi {
   unblock = async (ip: string): Promise<BlockView | null> => this.restored.then(() => this.core.operator.unblock(ip));
   flush = async (): Promise<number> => this.restored.then(() => this.core.operator.flush());
   metrics = (): Promise<string> => this.stats.render();
+  explain = async (ip: string): Promise<unknown> => this.restored.then(() => explain(ip, { ...this.core, allow: this.allow, ipv6Prefix: this.c.ipv6Prefix }));
 
   /** Checks and repairs our firewall now (SIGHUP, timers): one check at a time, so a hung nft piles up nothing; none before reconciled or while stopping. */
   repairNow(): Promise<void> {

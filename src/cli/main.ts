@@ -35,6 +35,10 @@ async function cli(argv: string[]) {
     .command('flush', 'lift every block rated manages, and nothing else', (y) => y
       .option('yes', { type: 'boolean', describe: 'do not ask for confirmation' }),
     async (a) => (await blocks()).flush({ config: a.config, socket: a.socket, yes: a.yes }))
+    .command('explain <target>', 'why an address is or is not blocked: allow list, block, counts per rule', (y) => y
+      .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' })
+      .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
+    async (a) => (await import('./commands/explain.js')).explainCommand({ config: a.config, socket: a.socket, target: a.target, json: a.json }))
     .command('status', 'show whether rated is up and what it is doing', (y) => y
       .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
     async (a) => (await import('./commands/status.js')).status({ config: a.config, socket: a.socket, json: a.json }))

@@ -1,7 +1,7 @@
 import { steadyClock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import { assemble } from '../core.js';
-import { createRunner, selectBackend, type Backend } from '../enforce/index.js';
+import { createRunner, selectBackend, type Backend, type Blocker } from '../enforce/index.js';
 import type { Operator } from '../enforce/operator.js';
 import { RatedError } from '../errors.js';
 import { AllowList } from '../limit/allow.js';
@@ -16,7 +16,7 @@ import { Metrics } from '../metrics.js';
  * start neither puts back what was lifted nor forgets what is still in force.
  * A journal the daemon would move aside is left where it is, untouched.
  */
-export async function offline<T>(config: Config, readKernel: boolean, act: (op: Operator) => Promise<T>): Promise<T> {
+export async function offline<T>(config: Config, readKernel: boolean, act: (op: Operator, parts: { blocker: Blocker; allow: AllowList }) => Promise<T>): Promise<T> {
   const backend = await kernelOf(config);
   const allow = AllowList.fromConfig([...config.allow], config.allowSelf);
   const seen = { changed: false };
@@ -31,7 +31,7 @@ export async function offline<T>(config: Config, readKernel: boolean, act: (op: 
       blocker.adopt({ net: e.net, rule: null, reason: null, source: 'reconciled', since: null, expires: e.expiresAt, hits: null });
     }
   }
-  const result = await act(operator);
+  const result = await act(operator, { blocker, allow });
   await blocker.close();
   if (blocker.needsRepair) {
     // The kernel still holds what it refused: the journal keeps it too.

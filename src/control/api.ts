@@ -10,4 +10,6 @@ export interface ControlApi {
   unblock(ip: string): Promise<BlockView | null>;
   flush(): Promise<number>;
   metrics(): Promise<string>;
+  /** Why an address is or is not blocked (`rated explain`); throws USAGE for what is not an address. */
+  explain(ip: string): Promise<unknown>;
 }

@@ -80,6 +80,7 @@ export class ControlServer {
       if (method === 'DELETE') { send(res, 200, { lifted: await this.api.flush() }); return; }
       send(res, 405, { error: `${method} is not allowed on /blocks` }); return;
     }
+    if (path.startsWith('/explain/') && method === 'GET') { send(res, 200, await this.api.explain(decodeTarget(path.slice('/explain/'.length)))); return; }
     if (path.startsWith('/blocks/') && method === 'DELETE') {
       const ip = decodeTarget(path.slice('/blocks/'.length));
       const lifted = await this.api.unblock(ip);

@@ -125,6 +125,26 @@ export class Blocker {
     return this.blocks.get(net.text);
   }
 
+  /** The block that holds `net`: its own, or the narrowest of the wider networks blocked around it. */
+  holding(net: Network): Block | undefined {
+    const own = this.blocks.get(net.text);
+    if (own) return own;
+    let found: Block | undefined;
+    for (const key of this.byLength.keys()) {
+      const [f, len] = key.split('/').map(Number) as [number, number];
+      if (f !== net.family || len >= net.prefix) continue;
+      const b = this.blocks.get(toNetwork(net, len).text);
+      if (b && (!found || b.net.prefix > found.net.prefix)) found = b;
+    }
+    return found;
+  }
+
+  /** What the kernel element of `net` dropped, when the elements can be read at a bearable cost. */
+  async droppedOf(net: Network): Promise<Dropped | null> {
+    if (this.tooManyToRead) return null;
+    return (await this.backend.list()).find((e) => e.net.text === net.text)?.dropped ?? null;
+  }
+
   /** The active blocks, soonest expiry last. */
   list(): Block[] {
     return [...this.blocks.values()].sort((a, b) => (b.expires ?? Infinity) - (a.expires ?? Infinity));

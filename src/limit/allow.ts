@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { networkInterfaces } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { parseAddress, parseNetwork, type Network } from '../address.js';
+import { contains, parseAddress, parseNetwork, type Network } from '../address.js';
 import { configError } from '../errors.js';
 
 interface Range<T> {
@@ -45,6 +45,18 @@ export class AllowList {
       nets.push(n);
     });
     return new AllowList(nets, allowSelf ? ownAddresses : null);
+  }
+
+  /** Which entry allows `n` (`allow 10.0.0.0/8`, `allowSelf 192.0.2.1`), or null: for `rated explain`. */
+  why(n: Network): string | null {
+    const hit = (e: Network): boolean => contains(e, n) || contains(n, e);
+    const entry = this.entries.find(hit);
+    if (entry) return `allow ${entry.text}`;
+    for (const text of this.selfTexts) {
+      const own = parseNetwork(text);
+      if (own && hit(own)) return `allowSelf ${own.text} (an address of this host)`;
+    }
+    return null;
   }
 
   /** This host's own addresses as last read. */

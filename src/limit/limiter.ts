@@ -2,7 +2,7 @@ import { LRUCache } from 'lru-cache';
 import { clientKey, contains, ipv4, parseNetwork, toNetwork, type Network } from '../address.js';
 import { blockDuration, nextOffence, remembered, type Escalation, type Offence } from './escalation.js';
 import { compileRules, matches, type CompiledRule, type Hit, type Rule } from './rules.js';
-import { add } from './sliding-window.js';
+import { add, count } from './sliding-window.js';
 
 /** The decision to block a client, handed to the blocker. */
 export interface Verdict {
@@ -212,6 +212,20 @@ export class Limiter {
     if (!r || this.allow.has(client) || this.isBlocked(client)) return false;
     this.convict(client, r, hits);
     return true;
+  }
+
+  /**
+   * What each rule has counted of `client` in its window at `at` (monotonic
+   * ms, as hits are timed), without counting anything: for `rated explain`.
+   */
+  countsOf(client: Network, at: number): Array<{ rule: string; hits: number; limit: number; windowMs: number }> {
+    const slot = this.clients.peek(counterKey(client));
+    return this.rules.map((rule, i) => ({
+      rule: rule.name,
+      hits: slot === undefined || counterKey(client) === this.parked ? 0 : count(this.slab, slot * this.stride + (this.offsets[i] ?? 0), rule.window, at),
+      limit: rule.limit,
+      windowMs: rule.window.windowMs,
+    }));
   }
 
   /** Number of clients with counters. */

@@ -113,6 +113,32 @@ describe('dry run without root, on the embedded defaults', { skip: SKIP }, () =>
     assert.equal(await firewall(), firewallBefore, 'nft, iptables, ip6tables and ipset show exactly what they showed before');
   });
 
+  test('rated explain says why: allowed by which entry, blocked by what and until when, counts per rule', async () => {
+    const receiver = 'http://127.0.0.1:8080/';
+    const r = await ns.exec('curl', ['-s', '-o', '/dev/null', '-H', 'X-IP: 198.51.100.44', ...Array.from({ length: 12 }, () => receiver)]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const counted = await waitFor(async () => {
+      const e = await cli(['explain', '198.51.100.44', '--json']);
+      assert.equal(e.code, 0, e.stderr);
+      const j = JSON.parse(e.stdout) as { rules: Array<{ rule: string; hits: number; limit: number; toBlock: number }>; blocked: unknown; allowed: unknown };
+      return j.rules[0]?.hits === 12 ? j : null;
+    }, { what: 'the 12 hits in the explanation' });
+    assert.deepEqual(counted.rules, [{ rule: 'default', hits: 12, limit: LIMIT, window: '2m', toBlock: LIMIT + 1 - 12 }]);
+    assert.equal(counted.blocked, null);
+    assert.equal(counted.allowed, null);
+
+    const inside = await cli(['explain', '203.0.113.9']);
+    assert.equal(inside.code, 0, inside.stderr);
+    assert.match(inside.stdout, /^blocked: {2}yes as 203\.0\.113\.0\/24, manual, until /m, `the manual /24 holds it${logs()}`);
+    const local = await cli(['explain', '127.0.0.1', '--json']);
+    assert.match((JSON.parse(local.stdout) as { allowed: string }).allowed, /^allow 127\.0\.0\.0\/8$/);
+    const v6 = await cli(['explain', '2001:db8:1:2::99', '--json']);
+    assert.equal((JSON.parse(v6.stdout) as { client: string }).client, '2001:db8:1:2::/64');
+    const bad = await cli(['explain', 'not-an-ip']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /expected an IP address or CIDR network/);
+  });
+
   test('SIGTERM: it stops cleanly and removes its socket', async () => {
     const exit = await rated!.stop();
     assert.equal(exit.code, 0, `exit 0: ${JSON.stringify(exit)}${logs()}`);

@@ -532,6 +532,15 @@ describe('restarts, crashes and firewall reloads', { skip: SKIP }, () => {
       assert.match(b.expires ?? '', ISO);
     }
 
+    // explain reads the journal and the kernel: the block with its rule, and no counts.
+    const explained = await cli(['explain', BAD, '--json']);
+    assert.equal(explained.code, 0, explained.stderr);
+    const why = JSON.parse(explained.stdout) as { blocked: { ip: string; rule: string | null } | null; rules: unknown };
+    assert.equal(why.blocked?.ip, BAD);
+    assert.equal(why.blocked.rule, RULE.name, 'the journal says which rule');
+    assert.equal(why.rules, null, 'no counts without the daemon');
+    assert.match((await cli(['explain', BAD])).stdout, /^counts: {3}not known: the daemon is down/m);
+
     const unblocked = await cli(['unblock', BAD]);
     assert.equal(unblocked.code, 0, unblocked.stderr);
     assert.equal(unblocked.stdout.trim(), `unblocked ${BAD}`);

@@ -32,6 +32,7 @@ const api: ControlApi = {
   },
   flush: async () => 3,
   metrics: async () => 'rated_up 1\n',
+  explain: async (ip) => ({ ip }),
 };
 
 let dir = '';

@@ -112,9 +112,10 @@ test('renderOps: a new block is one add with its timeout', () => {
   });
 });
 
-test('renderOps: a renewal is delete + add in the same transaction', () => {
+test('renderOps: a renewal in a hash set is add, delete, add in the same transaction: the delete never meets a missing element', () => {
   assert.deepEqual(renderOps(OPTS, [add('198.51.100.7', 900_000, true)]), {
     nftables: [
+      { add: v4([{ elem: { val: '198.51.100.7', timeout: 1 } }]) },
       { delete: v4(['198.51.100.7']) },
       { add: v4([{ elem: { val: '198.51.100.7', timeout: 900 } }]) },
     ],
@@ -139,12 +140,13 @@ test('renderOps: an IPv6 /64 client goes to v6 as its network address, a single 
   });
 });
 
-test('renderOps: one delete and one add per set, deletes first, whatever the order of the queue', () => {
+test('renderOps: one delete and one add per set, deletes first (after the renewals\' adds), whatever the order of the queue', () => {
   const doc = renderOps(OPTS, [
     add('192.0.2.1', 60_000), add('2001:db8::/64', 60_000), del('192.0.2.9'), add('192.0.2.2', 120_000, true), del('2001:db8:9::/64'),
   ]);
   assert.deepEqual(doc, {
     nftables: [
+      { add: v4([{ elem: { val: '192.0.2.2', timeout: 1 } }]) },
       { delete: v4(['192.0.2.9', '192.0.2.2']) },
       { delete: v6(['2001:db8:9::']) },
       { add: v4([{ elem: { val: '192.0.2.1', timeout: 60 } }, { elem: { val: '192.0.2.2', timeout: 120 } }]) },
