@@ -129,7 +129,7 @@ describe('dry run without root, on the embedded defaults', { skip: SKIP }, () =>
 
     const inside = await cli(['explain', '203.0.113.9']);
     assert.equal(inside.code, 0, inside.stderr);
-    assert.match(inside.stdout, /^blocked: {2}yes as 203\.0\.113\.0\/24, manual, until /m, `the manual /24 holds it${logs()}`);
+    assert.match(inside.stdout, /^blocked: {2}yes as 203\.0\.113\.0\/24, by rated block \(manual\), until /m, `the manual /24 holds it${logs()}`);
     const local = await cli(['explain', '127.0.0.1', '--json']);
     assert.match((JSON.parse(local.stdout) as { allowed: string }).allowed, /^allow 127\.0\.0\.0\/8$/);
     const v6 = await cli(['explain', '2001:db8:1:2::99', '--json']);

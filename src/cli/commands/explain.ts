@@ -25,7 +25,9 @@ export async function explainCommand(args: GlobalArgs & { target: string; json?:
   if (b === null) out('blocked:  no');
   else {
     const until = b.expires === null ? 'no expiry' : `until ${b.expires} (${remaining(Date.parse(b.expires) - Date.now())} left)`;
-    out(`blocked:  yes${b.ip === e.ip ? '' : ` as ${b.ip}`}, ${b.source}${b.rule === null ? '' : ` rule ${printable(b.rule)}`}, ${until}`);
+    const by = b.source === 'rule' ? `rule ${printable(b.rule ?? '?')}` : b.source === 'manual' ? 'rated block (manual)'
+      : b.source === 'cluster' ? 'another node (cluster)' : 'an element found in the kernel (reconciled)';
+    out(`blocked:  yes${b.ip === e.ip ? '' : ` as ${b.ip}`}, by ${by}, ${until}`);
     out(`          since ${b.since ?? 'unknown'}; ${printable(b.reason ?? 'no reason given')}${b.dropped ? `; dropped ${b.dropped.packets} packets, ${b.dropped.bytes} bytes` : ''}`);
   }
   if (e.rules === null) { out('counts:   not known: the daemon is down (this came from the journal and the kernel)'); return; }
