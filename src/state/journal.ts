@@ -71,11 +71,7 @@ export class Journal {
       checkStateDir(this.dir);
       text = readJournal(this.path);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { blocks: [], offences: [], movedAside: null, error: null };
-      if (err instanceof Unusable) return this.aside(moveAside, err.message);
-      if ((err as NodeJS.ErrnoException).code === 'ELOOP') return this.aside(moveAside, `${this.path} is a symbolic link, which is never followed`);
-      if (err instanceof RatedError) throw err;
-      throw new RatedError('STATE_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`, { cause: err });
+      return this.unread(err, moveAside);
     }
     try {
       return { ...parseJournal(text), movedAside: null, error: null };
@@ -96,11 +92,7 @@ export class Journal {
       checkStateDir(this.dir);
       text = await readJournalAsync(this.path);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { blocks: [], offences: [], movedAside: null, error: null };
-      if (err instanceof Unusable) return this.aside(moveAside, err.message);
-      if ((err as NodeJS.ErrnoException).code === 'ELOOP') return this.aside(moveAside, `${this.path} is a symbolic link, which is never followed`);
-      if (err instanceof RatedError) throw err;
-      throw new RatedError('STATE_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`, { cause: err });
+      return this.unread(err, moveAside);
     }
     try {
       return { ...(await parseJournalLines(text)), movedAside: null, error: null };
@@ -187,6 +179,15 @@ export class Journal {
       }
       throw err;
     }
+  }
+
+  /** What a journal that could not be read amounts to: none (missing), moved aside (unusable), or an error for the caller. */
+  private unread(err: unknown, moveAside: boolean): JournalLoad {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { blocks: [], offences: [], movedAside: null, error: null };
+    if (err instanceof Unusable) return this.aside(moveAside, err.message);
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') return this.aside(moveAside, `${this.path} is a symbolic link, which is never followed`);
+    if (err instanceof RatedError) throw err;
+    throw new RatedError('STATE_FAILED', `state.dir: cannot read ${this.path}: ${(err as Error).message}`, { cause: err });
   }
 
   private aside(moveAside: boolean, error: string): JournalLoad {
