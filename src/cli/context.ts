@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { loadConfig, type LoadedConfig } from '../config/load.js';
+import type { LoadedConfig } from '../config/load.js';
 import { callApi, apiError, DaemonDown, type ApiResponse } from '../control/client.js';
 import { userSocketPath } from '../control/user-socket.js';
 import { RatedError } from '../errors.js';
@@ -13,16 +13,23 @@ export interface GlobalArgs {
 
 const loaded = new WeakMap<GlobalArgs, LoadedConfig>();
 
-/** The configuration as `run` would load it, read once per command. */
-export function configOf(args: GlobalArgs): LoadedConfig {
+/**
+ * The configuration as `run` would load it, read once per command. The
+ * loader (YAML, the schema) is imported only here: `rated list --socket …`
+ * never loads it.
+ */
+export async function configOf(args: GlobalArgs): Promise<LoadedConfig> {
   let config = loaded.get(args);
-  if (!config) loaded.set(args, (config = loadConfig(args.config)));
+  if (!config) {
+    const { loadConfig } = await import('../config/load.js');
+    loaded.set(args, (config = loadConfig(args.config)));
+  }
   return config;
 }
 
 /** The control socket: `--socket`, else the configured one. */
-export function socketOf(args: GlobalArgs): string {
-  return args.socket ?? configOf(args).config.control.socket;
+export async function socketOf(args: GlobalArgs): Promise<string> {
+  return args.socket ?? (await configOf(args)).config.control.socket;
 }
 
 /** Calls the daemon; throws DaemonDown when it is not running, or the API's error. */
@@ -45,7 +52,7 @@ function callDaemon(args: GlobalArgs, method: string, path: string, body?: unkno
  * --socket was given, on the socket an ordinary user's dry run falls back to.
  */
 export async function onDaemon<T>(args: GlobalArgs, call: (socket: string) => Promise<T>): Promise<T> {
-  const socket = socketOf(args);
+  const socket = await socketOf(args);
   try {
     return await call(socket);
   } catch (err) {
@@ -74,7 +81,7 @@ export async function daemonOrKernel<T>(
   } catch (err) {
     if (!(err instanceof DaemonDown)) throw err;
   }
-  return withoutDaemon(configOf(args).config);
+  return withoutDaemon((await configOf(args)).config);
 }
 
 /** Writes one line to stdout. */

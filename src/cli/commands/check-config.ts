@@ -4,8 +4,8 @@ import { formatDuration } from '../../duration.js';
 import { configOf, out, type GlobalArgs } from '../context.js';
 
 /** `rated check-config`: validates and prints the effective configuration (with --quiet, only errors). */
-export function checkConfig(args: GlobalArgs & { quiet?: boolean }): void {
-  const { config, source } = configOf(args);
+export async function checkConfig(args: GlobalArgs & { quiet?: boolean }): Promise<void> {
+  const { config, source } = await configOf(args);
   if (args.quiet === true) return;
   out(`# configuration OK (${source})`);
   out(stringify(display(config)).trimEnd());

@@ -18,7 +18,7 @@ export interface ReplayArgs extends GlobalArgs {
 
 /** `rated replay`: runs access logs through the configured rules on their own timestamps; touches nothing. */
 export async function replay(args: ReplayArgs): Promise<void> {
-  const { config } = configOf(args);
+  const { config } = await configOf(args);
   args = { ...args, logs: args.logs.map((l) => (l === STDIN ? '-' : l)) };
   const pattern = args.pattern ?? null;
   if (pattern !== null) checkPattern(pattern);

@@ -9,7 +9,7 @@ const STOP_DEADLINE_MS = 4500;
 
 /** `rated run`: the daemon, in the foreground. */
 export async function run(args: GlobalArgs & { dryRun?: boolean }): Promise<void> {
-  const { config, source } = configOf(args);
+  const { config, source } = await configOf(args);
   const daemon = new Daemon({ config, source, dryRun: args.dryRun === true, ...(args.socket ? { socket: args.socket } : {}) });
   // SIGHUP (systemctl reload, sv hup; systemd sends one after an nftables
   // reload): check the firewall at once instead of at the next checkInterval.

@@ -19,14 +19,14 @@ function scratch(yaml: string): { dir: string; config: string } {
   return { dir, config };
 }
 
-test('one command reads its configuration once, however many parts ask', () => {
+test('one command reads its configuration once, however many parts ask', async () => {
   const { dir, config } = scratch(`control: { socket: /tmp/a.sock }\n`);
   try {
     const args = { config };
-    const first = configOf(args);
+    const first = await configOf(args);
     writeFileSync(config, 'control: { socket: /tmp/b.sock }\n');
-    assert.equal(configOf(args), first, 'the same load');
-    assert.equal(configOf({ config }).config.control.socket, '/tmp/b.sock', 'another command reads the file anew');
+    assert.equal(await configOf(args), first, 'the same load');
+    assert.equal((await configOf({ config })).config.control.socket, '/tmp/b.sock', 'another command reads the file anew');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -50,7 +50,7 @@ test('with no daemon on the socket, the daemon-down path runs with the configura
 test('offline decisions go through the same Operator: refusals, the IPv6 client key, a flush', async () => {
   const { dir, config } = scratch('firewall: { backend: dry-run }\nallow: [192.0.2.0/24]\n');
   try {
-    const c = configOf({ config }).config;
+    const c = (await configOf({ config })).config;
     await assert.rejects(offline(c, true, (op) => op.block({ ip: '192.0.2.9' })), (err: RatedError) => err.code === 'REFUSED');
     await assert.rejects(offline(c, true, (op) => op.block({ ip: '10.0.0.0/7' })), (err: RatedError) => err.code === 'USAGE');
     const r = await offline(c, true, async (op) => {
