@@ -226,16 +226,20 @@ export function checkStateDir(dir: string): { uid: number; gid: number } {
   return { uid: st.uid, gid: st.gid };
 }
 
+/** The size of the file opened as the journal; throws Unusable for what is not a file, or larger than a journal can be. */
+function journalSize(path: string, st: { isFile(): boolean; size: number }): number {
+  if (!st.isFile()) throw new Unusable(`${path} is not a regular file`);
+  if (st.size > MAX_JOURNAL_BYTES) {
+    throw new Unusable(`${path} holds ${Math.round(st.size / 1048576)} MB, more than any journal (${MAX_JOURNAL_BYTES / 1048576} MB)`);
+  }
+  return st.size;
+}
+
 /** Reads the journal without following a link, and refuses one larger than a journal can be. */
 function readJournal(path: string): string {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Unusable(`${path} is not a regular file`);
-    if (st.size > MAX_JOURNAL_BYTES) {
-      throw new Unusable(`${path} holds ${Math.round(st.size / 1048576)} MB, more than any journal (${MAX_JOURNAL_BYTES / 1048576} MB)`);
-    }
-    const buf = Buffer.allocUnsafe(st.size);
+    const buf = Buffer.allocUnsafe(journalSize(path, fstatSync(fd)));
     let off = 0;
     while (off < buf.length) {
       const n = readSync(fd, buf, off, buf.length - off, null);
@@ -252,12 +256,7 @@ function readJournal(path: string): string {
 async function readJournalAsync(path: string): Promise<string> {
   const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
-    const st = await file.stat();
-    if (!st.isFile()) throw new Unusable(`${path} is not a regular file`);
-    if (st.size > MAX_JOURNAL_BYTES) {
-      throw new Unusable(`${path} holds ${Math.round(st.size / 1048576)} MB, more than any journal (${MAX_JOURNAL_BYTES / 1048576} MB)`);
-    }
-    const buf = Buffer.allocUnsafe(st.size);
+    const buf = Buffer.allocUnsafe(journalSize(path, await file.stat()));
     let off = 0;
     while (off < buf.length) {
       const { bytesRead } = await file.read(buf, off, Math.min(4 << 20, buf.length - off), null);
