@@ -2,38 +2,29 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import type { Network } from '../../../src/address.js';
-import { OpQueue, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
+import { QueuedBackend, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
 import { net } from '../../helpers/net.js';
 
 /** A backend that keeps its "kernel" in a map and refuses overlapping elements, like an nft interval set. */
-class IntervalSetBackend implements Backend {
+class IntervalSetBackend extends QueuedBackend implements Backend {
   readonly kind = 'dry-run' as const;
-  constructor(readonly expiresInKernel = true, readonly maxTimeoutMs?: number) {}
+  constructor(readonly expiresInKernel = true, readonly maxTimeoutMs?: number) {
+    super();
+  }
   readonly kernel = new Map<string, { net: Network; timeoutMs: number }>();
   readonly commits: Op[][] = [];
   readLimit = Number.POSITIVE_INFINITY;
   advisedMax: number | undefined = undefined;
   lists = 0;
-  private readonly queue = new OpQueue();
   async probe(): Promise<void> {}
   async ensure(): Promise<void> {}
   async check() {
     return { intact: true, droppedPackets: null };
   }
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-  pending(): number {
-    return this.queue.size;
-  }
-  async commit(): Promise<CommitResult> {
-    const ops = this.queue.drain();
+  protected async apply(ops: Op[]): Promise<CommitResult> {
     this.commits.push(ops);
     const failed: Array<{ net: Network; op: 'add' | 'delete'; error: string }> = [];
     for (const op of ops) {

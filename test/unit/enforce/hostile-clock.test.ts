@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Network } from '../../../src/address.js';
 import { steadyClock } from '../../../src/clock.js';
-import { OpQueue, type Backend, type CommitResult, type KernelEntry } from '../../../src/enforce/backend.js';
+import { QueuedBackend, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
@@ -31,29 +31,20 @@ class Clocks {
 }
 
 /** A set with relative timeouts on monotonic time, listed against the system clock, as nft does. */
-class KernelSet implements Backend {
+class KernelSet extends QueuedBackend implements Backend {
   readonly kind = 'dry-run' as const;
   readonly expiresInKernel = true;
   readonly readLimit = Number.POSITIVE_INFINITY;
   readonly deadlines = new Map<string, { net: Network; until: number }>();
-  private readonly queue = new OpQueue();
-  constructor(private readonly clocks: Clocks) {}
+  constructor(private readonly clocks: Clocks) {
+    super();
+  }
   async probe(): Promise<void> {}
   async ensure(): Promise<void> {}
   async check() {
     return { intact: true, droppedPackets: null };
   }
-  add(net: Network, timeoutMs: number, replace: boolean): void {
-    this.queue.add(net, timeoutMs, replace);
-  }
-  delete(net: Network): void {
-    this.queue.delete(net);
-  }
-  pending(): number {
-    return this.queue.size;
-  }
-  async commit(): Promise<CommitResult> {
-    const ops = this.queue.drain();
+  protected async apply(ops: Op[]): Promise<CommitResult> {
     for (const op of ops) {
       if (op.kind === 'delete') this.deadlines.delete(op.net.text);
       else this.deadlines.set(op.net.text, { net: op.net, until: this.clocks.mono + Math.ceil(op.timeoutMs / 1000) * 1000 });
