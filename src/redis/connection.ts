@@ -379,6 +379,20 @@ export class RedisLink {
           this.lastErrorText = `Redis Cluster state is ${/^cluster_state:(\w+)/m.exec(failing)?.[1] ?? 'unknown'}: a master's slots have no master yet`;
           return false;
         }
+        // For cluster-node-timeout after a master dies the others still say
+        // ok, and the client has already dropped the dead one from its pool:
+        // every slot's owner must be one of the masters that just answered.
+        const asked = masters[0];
+        if (asked === undefined) return false;
+        const slots: unknown = await this.bounded(() => asked.cluster('SLOTS'));
+        const missing = unansweredOwner(slots, asked.options.host ?? '', new Set(masters.map((m) => `${m.options.host ?? ''}:${String(m.options.port ?? '')}`)));
+        if (missing !== null) {
+          this.lastErrorText = `Redis Cluster: ${missing}`;
+          // Nothing is sent while down, so nothing else makes the client look
+          // for the lost master again: ask for the slot map, which re-adds it.
+          if (this.client instanceof Cluster) this.client.refreshSlotsCache();
+          return false;
+        }
       }
       return true;
     } catch (err) {
@@ -386,6 +400,29 @@ export class RedisLink {
       return false;
     }
   }
+}
+
+const CLUSTER_SLOTS = 16384;
+
+/**
+ * Why a `CLUSTER SLOTS` reply shows data out of reach: a slot owner that is
+ * not among the masters that answered ("host:port"), or slots with no owner;
+ * null when every slot is held by a master that answered. An owner announced
+ * without a host is on the host that was asked.
+ */
+export function unansweredOwner(reply: unknown, askedHost: string, answered: ReadonlySet<string>): string | null {
+  if (!Array.isArray(reply)) return 'CLUSTER SLOTS gave no slot map';
+  let covered = 0;
+  for (const range of reply as unknown[]) {
+    if (!Array.isArray(range)) continue;
+    const [from, to, owner] = range as unknown[];
+    if (typeof from !== 'number' || typeof to !== 'number' || !Array.isArray(owner)) continue;
+    const [host, port] = owner as unknown[];
+    const key = `${typeof host === 'string' && host !== '' && host !== '?' ? host : askedHost}:${String(port)}`;
+    if (!answered.has(key)) return `master ${key}, which holds slots ${String(from)}-${String(to)}, does not answer`;
+    covered += to - from + 1;
+  }
+  return covered >= CLUSTER_SLOTS ? null : `${String(CLUSTER_SLOTS - covered)} slots have no master`;
 }
 
 /** What to do when Redis refuses rated itself rather than being out of reach; null for other errors. */
