@@ -5,10 +5,10 @@
 import { parseNetwork, type Family, type Network } from './address.js';
 import { RatedError } from './errors.js';
 
-export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled';
+export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled' | 'migrated';
 
 /** Every source, for readers of stored blocks (the journal, Redis). */
-export const SOURCES: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled']);
+export const SOURCES: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled', 'migrated']);
 
 /** One active block. Times are milliseconds on the daemon's clock; null where unknown. */
 export interface Block {
@@ -38,6 +38,24 @@ export interface BlockView {
   hits: number | null;
   /** What its kernel element dropped, when read from the kernel (`rated list`); null when not known. */
   dropped: Dropped | null;
+}
+
+/** A block an operator asks for: `rated block`, an imported or migrated entry. */
+export interface ManualBlock {
+  readonly ip: string;
+  /** A duration ("6h", or seconds); the default block time without it. */
+  readonly for?: string | number;
+  readonly reason?: string;
+}
+
+/** What a batch of manual blocks did; refusals by reason (allow-listed, own address, never a client, invalid, bad duration). */
+export interface BatchResult {
+  added: number;
+  extended: number;
+  unchanged: number;
+  refused: Record<string, number>;
+  /** The first few refusals, as said to `rated block`. */
+  examples: string[];
 }
 
 /** Renders a block as SPEC §6 JSON, with what its element dropped when that was read. */

@@ -57,7 +57,7 @@ export function assemble(o: CoreOptions): Core {
     reconciledBlockMs: defaultBlockMs(c),
   });
   core.operator = new Operator({
-    blocker: core.blocker, isAllowed, ipv6Prefix: c.ipv6Prefix, defaultBlockMs: defaultBlockMs(c),
+    blocker: core.blocker, isAllowed, whyAllowed: (net) => o.allow.why(net), ipv6Prefix: c.ipv6Prefix, defaultBlockMs: defaultBlockMs(c),
     forget: (net) => core.limiter.forget(net), sharing: o.sharing, log: o.log,
   });
   core.limiter = new Limiter({

@@ -1,5 +1,5 @@
 import type { Network } from './address.js';
-import type { BlockView, ListQuery } from './block.js';
+import type { BatchResult, BlockView, ListQuery, ManualBlock } from './block.js';
 import { Intervals, steadyClock } from './clock.js';
 import type { Config } from './config/schema.js';
 import type { ControlApi } from './control/api.js';
@@ -124,7 +124,10 @@ export class Daemon implements ControlApi {
 
   // Answers about the blocks wait for the journal: a block lifted before it was read would come back.
   blocks = async (query?: ListQuery): Promise<Iterable<BlockView>> => this.restored.then(() => this.core.blocker.views(query));
-  block = (input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }> => this.core.operator.block(input);
+  block = (input: ManualBlock): Promise<{ block: BlockView; outcome: string }> => this.core.operator.block(input);
+  // A batch may hold blocks lifted before the journal was read: judged against what it holds.
+  blockMany = async (inputs: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun: boolean): Promise<BatchResult> =>
+    this.restored.then(() => this.core.operator.blockMany(inputs, source, dryRun));
   unblock = async (ip: string): Promise<BlockView | null> => this.restored.then(() => this.core.operator.unblock(ip));
   flush = async (): Promise<number> => this.restored.then(() => this.core.operator.flush());
   metrics = (): Promise<string> => this.stats.render();

@@ -5,6 +5,7 @@ import { STDIN } from './stdin.js';
 // Each command loads its own modules when it runs: `rated --version` and
 // `rated list` never load the daemon, the receivers or the Redis client.
 const blocks = (): Promise<typeof import('./commands/blocks.js')> => import('./commands/blocks.js');
+const moving = (): Promise<typeof import('./commands/moving.js')> => import('./commands/moving.js');
 
 
 /** Builds the command line; handlers run through parseAsync so errors reach one catch. */
@@ -51,6 +52,17 @@ async function cli(argv: string[]) {
       .option('pattern', { type: 'string', describe: 'regex with named groups ip and time (and method, status, host, uri) for another log format' })
       .option('allow-self', { type: 'boolean', describe: 'also spare this host\'s own addresses (allowSelf; off: logs are often replayed elsewhere)' }),
     async (a) => (await import('./commands/replay.js')).replay({ config: a.config, socket: a.socket, logs: a.logs, json: a.json, pattern: a.pattern, allowSelf: a.allowSelf }))
+    .command('import <files..>', 'block what a blocklist, fail2ban\'s database, CrowdSec or rated export holds', (y) => y
+      .positional('files', { type: 'string', array: true, demandOption: true, describe: 'files (- for stdin)' })
+      .option('format', { choices: ['auto', 'list', 'fail2ban', 'crowdsec'] as const, default: 'auto' as const, describe: 'list: one address or CIDR per line; fail2ban: its sqlite database; crowdsec: cscli decisions list -o json' })
+      .option('for', { type: 'string', describe: 'duration of entries that carry none (default: the first rule\'s block)' })
+      .option('reason', { type: 'string', describe: 'reason shown by list (default: the file, jail or scenario)' })
+      .option('dry-run', { type: 'boolean', describe: 'count what would be blocked, block nothing' })
+      .option('json', { type: 'boolean', describe: 'the counts as JSON' }),
+    async (a) => (await moving()).importCommand({ config: a.config, socket: a.socket, files: a.files, format: a.format, for: a.for, reason: a.reason, dryRun: a.dryRun, json: a.json }))
+    .command('export', 'print the active blocks, for backups and for rated import elsewhere', (y) => y
+      .option('format', { choices: ['list', 'json'] as const, default: 'list' as const, describe: 'list: one address per line with a comment; json: the blocks as rated list --json prints them' }),
+    async (a) => (await moving()).exportCommand({ config: a.config, socket: a.socket, format: a.format }))
     .demandCommand(1, 'name a command; see rated --help')
     .strict()
     // yargs reports a usage mistake (unknown option, missing argument) with a

@@ -1,4 +1,4 @@
-import type { BlockView, ListQuery } from '../block.js';
+import type { BatchResult, BlockView, ListQuery, ManualBlock } from '../block.js';
 
 /** What the control socket exposes; the daemon implements it. */
 export interface ControlApi {
@@ -6,7 +6,9 @@ export interface ControlApi {
   /** The active blocks, each with what its kernel element dropped (read from the kernel now); iterated as they are sent. */
   blocks(query?: ListQuery): Promise<Iterable<BlockView>>;
   /** Throws a RatedError (USAGE for bad input, REFUSED for allow-listed addresses). */
-  block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: string }>;
+  block(input: ManualBlock): Promise<{ block: BlockView; outcome: string }>;
+  /** Many manual blocks (`rated import`, `rated migrate`); refusals are counted, not thrown. */
+  blockMany(inputs: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun: boolean): Promise<BatchResult>;
   unblock(ip: string): Promise<BlockView | null>;
   flush(): Promise<number>;
   metrics(): Promise<string>;

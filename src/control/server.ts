@@ -3,13 +3,16 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { parseListen } from '../address.js';
-import type { ListQuery } from '../block.js';
+import type { ListQuery, ManualBlock } from '../block.js';
 import { describe, RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ControlApi } from './api.js';
 import { isPermissionError, preparePrivateDir, userSocketPath } from './user-socket.js';
 
 const MAX_BODY = 64 * 1024;
+/** A batch of manual blocks (POST /blocks/batch): the CLI sends at most 10,000 entries and 4 MiB at a time. */
+export const MAX_BATCH_BODY = 4 * 1024 * 1024;
+export const MAX_BATCH_ENTRIES = 10_000;
 /** How much of an oversized body is read and dropped so that the 413 reaches the client. */
 const DRAIN = 1024 * 1024;
 
@@ -65,20 +68,19 @@ export class ControlServer {
     if (path === '/blocks') {
       if (method === 'GET') return sendList(res, await this.api.blocks(listQuery(req.url ?? '/')));
       if (method === 'POST') {
-        const body = await readJson(req);
-        const ip = body.ip;
-        if (typeof ip !== 'string') throw new RatedError('USAGE', 'ip: expected an address or CIDR network');
-        const forValue = body.for;
-        if (forValue !== undefined && typeof forValue !== 'string' && typeof forValue !== 'number') {
-          throw new RatedError('USAGE', 'for: expected a duration like "1h"');
-        }
-        const reason = body.reason;
-        if (reason !== undefined && typeof reason !== 'string') throw new RatedError('USAGE', 'reason: expected text');
-        const result = await this.api.block({ ip, ...(forValue === undefined ? {} : { for: forValue }), ...(reason === undefined ? {} : { reason }) });
+        const result = await this.api.block(manualBlock(await readJson(req)));
         send(res, result.outcome === 'added' ? 201 : 200, { ...result.block, outcome: result.outcome }); return;
       }
       if (method === 'DELETE') { send(res, 200, { lifted: await this.api.flush() }); return; }
       send(res, 405, { error: `${method} is not allowed on /blocks` }); return;
+    }
+    if (path === '/blocks/batch' && method === 'POST') {
+      const body = await readJson(req, MAX_BATCH_BODY);
+      const { blocks, source, dryRun } = body;
+      if (!Array.isArray(blocks) || blocks.length > MAX_BATCH_ENTRIES) throw new RatedError('USAGE', `blocks: expected an array of at most ${MAX_BATCH_ENTRIES} {ip, for?, reason?}`);
+      if (source !== undefined && source !== 'manual' && source !== 'migrated') throw new RatedError('USAGE', 'source: expected manual or migrated');
+      if (dryRun !== undefined && typeof dryRun !== 'boolean') throw new RatedError('USAGE', 'dryRun: expected true or false');
+      send(res, 200, await this.api.blockMany(blocks.map((b: unknown) => manualBlock(b)), source ?? 'manual', dryRun ?? false)); return;
     }
     if (path.startsWith('/explain/') && method === 'GET') { send(res, 200, await this.api.explain(decodeTarget(path.slice('/explain/'.length)))); return; }
     if (path.startsWith('/blocks/') && method === 'DELETE') {
@@ -101,6 +103,18 @@ export class ControlServer {
     this.log.error({ err: describe(err) }, 'control request failed');
     send(res, 500, { error: describe(err), code: 'INTERNAL' });
   }
+}
+
+/** A manual block in a request body: {ip, for?, reason?}. */
+function manualBlock(body: unknown): ManualBlock {
+  if (!body || typeof body !== 'object') throw new RatedError('USAGE', 'expected {ip, for?, reason?}');
+  const { ip, for: forValue, reason } = body as Record<string, unknown>;
+  if (typeof ip !== 'string') throw new RatedError('USAGE', 'ip: expected an address or CIDR network');
+  if (forValue !== undefined && typeof forValue !== 'string' && typeof forValue !== 'number') {
+    throw new RatedError('USAGE', 'for: expected a duration like "1h"');
+  }
+  if (reason !== undefined && typeof reason !== 'string') throw new RatedError('USAGE', 'reason: expected text');
+  return { ip, ...(forValue === undefined ? {} : { for: forValue }), ...(reason === undefined ? {} : { reason }) };
 }
 
 /** The path of a request target; a target no URL parser accepts is the client's error. */
@@ -169,7 +183,7 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<Record<string, unknown>> {
   let size = 0;
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
@@ -177,13 +191,13 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
     // Read (and drop) the rest of a body over the limit before answering:
     // closing with unread bytes makes the kernel reset the connection, and the
     // client would never see the 413. Beyond DRAIN the connection is cut.
-    if (size > DRAIN) {
+    if (size > max + DRAIN) {
       req.socket.destroy();
-      throw new RatedError('TOO_LARGE', `request body over ${MAX_BODY / 1024} KiB`);
+      throw new RatedError('TOO_LARGE', `request body over ${max / 1024} KiB`);
     }
-    if (size <= MAX_BODY) chunks.push(chunk as Buffer);
+    if (size <= max) chunks.push(chunk as Buffer);
   }
-  if (size > MAX_BODY) throw new RatedError('TOO_LARGE', `request body over ${MAX_BODY / 1024} KiB`);
+  if (size > max) throw new RatedError('TOO_LARGE', `request body over ${max / 1024} KiB`);
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') return {};
   try {

@@ -1,10 +1,10 @@
-import { clientKey, contains, type Network } from '../address.js';
-import { parseBlockTarget, viewBlock, type Block, type BlockView } from '../block.js';
+import { clientKey, contains, neverAClient, type Network } from '../address.js';
+import { parseBlockTarget, viewBlock, type BatchResult, type Block, type BlockView, type ManualBlock } from '../block.js';
 import { parseDuration } from '../duration.js';
 import { RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Verdict } from '../limit/limiter.js';
-import type { BlockOutcome, Blocker } from './blocker.js';
+import type { BlockOutcome, BlockRequest, Blocker } from './blocker.js';
 
 /** Tells other nodes of a decision (Redis block sharing), when there are any. */
 export interface DecisionSharing {
@@ -13,10 +13,20 @@ export interface DecisionSharing {
   flushed(): void;
 }
 
+/** The reason a manual block was refused, for counting. */
+function refusalOf(err: RatedError): string {
+  if (err.code === 'USAGE') return /--for/.test(err.message) ? 'bad duration' : 'invalid';
+  if (/allow-listed \(allowSelf /.test(err.message)) return 'own address';
+  if (/allow-listed/.test(err.message)) return 'allow-listed';
+  return 'never a client';
+}
+
 export interface OperatorOptions {
   readonly blocker: Blocker;
   /** Allow-listed now (the daemon reads this host's addresses again first). */
   readonly isAllowed: (net: Network) => boolean;
+  /** Which allow entry holds a network (`allow 10.0.0.0/8`, `allowSelf …`), for saying why a block is refused. */
+  readonly whyAllowed?: (net: Network) => string | null;
   readonly ipv6Prefix: number;
   /** A manual block's duration without `--for`. */
   readonly defaultBlockMs: number;
@@ -54,10 +64,59 @@ export class Operator {
   }
 
   /** A manual block (`rated block`, POST /blocks). */
-  async block(input: { ip: string; for?: string | number; reason?: string }): Promise<{ block: BlockView; outcome: BlockOutcome }> {
+  async block(input: ManualBlock): Promise<{ block: BlockView; outcome: BlockOutcome }> {
+    const req = this.manual(input, 'manual');
+    const outcome = this.o.blocker.block(req);
+    if (outcome !== 'unchanged') this.sharing?.published(this.o.blocker.get(req.net));
+    // This block in the kernel, not every block a storm keeps deciding.
+    await this.o.blocker.committed();
+    const block = this.o.blocker.get(req.net);
+    if (!block) throw new RatedError('FIREWALL_FAILED', `${req.net.text} could not be blocked`);
+    return { block: viewBlock(block), outcome };
+  }
+
+  /**
+   * Many manual blocks at once (`rated import`, `rated migrate`, POST
+   * /blocks/batch), each judged like `rated block`; one wait for the kernel
+   * at the end. Refusals are counted by reason with a few examples, not
+   * thrown. With `dryRun` nothing changes and the counts say what would.
+   */
+  async blockMany(inputs: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun = false): Promise<BatchResult> {
+    const result: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [] };
+    for (const input of inputs) {
+      let outcome: BlockOutcome;
+      try {
+        const req = this.manual(input, source);
+        if (dryRun) {
+          const special = neverAClient(req.net);
+          if (special !== null) throw new RatedError('REFUSED', `${req.net.text} is ${special}, never a remote client, and is never blocked`);
+          const existing = this.o.blocker.get(req.net);
+          outcome = !existing ? 'added' : existing.expires === null || existing.expires >= Date.now() + req.durationMs ? 'unchanged' : 'extended';
+        } else {
+          outcome = this.o.blocker.block(req);
+          if (outcome !== 'unchanged') this.sharing?.published(this.o.blocker.get(req.net));
+        }
+      } catch (err) {
+        if (!(err instanceof RatedError) || (err.code !== 'REFUSED' && err.code !== 'USAGE')) throw err;
+        const why = refusalOf(err);
+        result.refused[why] = (result.refused[why] ?? 0) + 1;
+        if (result.examples.length < 5) result.examples.push(err.message);
+        continue;
+      }
+      result[outcome]++;
+    }
+    if (!dryRun) await this.o.blocker.committed();
+    if (!dryRun && this.o.blocker.needsRepair) {
+      throw new RatedError('FIREWALL_FAILED', `the firewall refused part of the batch: ${this.o.blocker.lastErrors.at(-1)?.error ?? 'unknown error'}; it is retried`);
+    }
+    return result;
+  }
+
+  /** Judges a manual block: its target, the allow list, its duration and reason. */
+  private manual(input: ManualBlock, source: 'manual' | 'migrated'): BlockRequest {
     const net = parseBlockTarget(input.ip);
     if (this.o.isAllowed(net)) {
-      throw new RatedError('REFUSED', `${net.text} is allow-listed (allow, allowSelf) and is never blocked`);
+      throw new RatedError('REFUSED', `${net.text} is allow-listed (${this.o.whyAllowed?.(net) ?? 'allow, allowSelf'}) and is never blocked`);
     }
     let durationMs = this.o.defaultBlockMs;
     if (input.for !== undefined) {
@@ -65,14 +124,8 @@ export class Operator {
       if (parsed === null || parsed <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(input.for)}`);
       durationMs = parsed;
     }
-    const reason = input.reason === undefined ? 'manual' : input.reason.slice(0, 200);
-    const outcome = this.o.blocker.block({ net, durationMs, source: 'manual', rule: null, reason, hits: null });
-    if (outcome !== 'unchanged') this.sharing?.published(this.o.blocker.get(net));
-    // This block in the kernel, not every block a storm keeps deciding.
-    await this.o.blocker.committed();
-    const block = this.o.blocker.get(net);
-    if (!block) throw new RatedError('FIREWALL_FAILED', `${net.text} could not be blocked`);
-    return { block: viewBlock(block), outcome };
+    const reason = input.reason === undefined ? source : input.reason.slice(0, 200);
+    return { net, durationMs, source, rule: null, reason, hits: null };
   }
 
   /**

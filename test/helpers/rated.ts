@@ -84,13 +84,15 @@ export interface CliOptions {
   readonly timeoutMs?: number;
   /** Extra environment variables. */
   readonly env?: Readonly<Record<string, string>>;
+  /** What the command reads on stdin (default nothing). */
+  readonly input?: string;
 }
 
 /** Runs `ip netns exec NS [wrap…] node bin/rated ARGS`; never rejects on a non-zero exit. */
 export async function ratedCli(ns: Namespace, args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
   const r = await execa('ip', ['netns', 'exec', ns.name, ...(options.wrap ?? []), process.execPath, BIN, ...args], {
     reject: false,
-    input: '',
+    input: options.input ?? '',
     cwd: ROOT,
     timeout: options.timeoutMs ?? 20_000,
     killSignal: 'SIGKILL',

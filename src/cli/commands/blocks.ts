@@ -18,13 +18,27 @@ export async function list(args: GlobalArgs & { json?: boolean; sort?: BlockOrde
     throw new RatedError('USAGE', `--limit: expected a whole number from 1, got ${String(args.limit)}`);
   }
   const table = new TableWriter(out);
+  const down = await blockViews(args, query, (v) => {
+    if (!args.json) table.row(v);
+  }, args.json ? (text) => process.stdout.write(text) : undefined);
+  if (down !== null) {
+    if (args.json) { out(JSON.stringify(down, null, 2)); return; }
+    for (const v of down) table.row(v);
+  }
+  if (!args.json) table.end();
+}
+
+/**
+ * The active blocks: streamed from the daemon to `each` (and its JSON text to
+ * `raw`) and null returned, or when it is down read from the kernel (what
+ * it holds, `source: reconciled`) and returned.
+ */
+export async function blockViews(args: GlobalArgs, query: ListQuery, each: (v: BlockView) => void, raw?: (text: string) => void): Promise<BlockView[] | null> {
   const params = new URLSearchParams(Object.entries(query).map(([k, v]): [string, string] => [k, String(v)])).toString();
-  const down = await daemonOrKernel<BlockView[] | null>(
+  return daemonOrKernel<BlockView[] | null>(
     args,
     async () => {
-      await onDaemon(args, (socket) => streamList(socket, `/blocks${params ? `?${params}` : ''}`, (v) => {
-        if (!args.json) table.row(v as BlockView);
-      }, args.json ? (text) => process.stdout.write(text) : undefined));
+      await onDaemon(args, (socket) => streamList(socket, `/blocks${params ? `?${params}` : ''}`, (v) => each(v as BlockView), raw));
       return null;
     },
     async (config) => orderViews((await (await import('../offline.js')).kernelOf(config).then((backend) => backend.list())).map((e) => ({
@@ -32,11 +46,6 @@ export async function list(args: GlobalArgs & { json?: boolean; sort?: BlockOrde
       expires: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(), hits: null, dropped: e.dropped ?? null,
     })), query),
   );
-  if (down !== null) {
-    if (args.json) { out(JSON.stringify(down, null, 2)); return; }
-    for (const v of down) table.row(v);
-  }
-  if (!args.json) table.end();
 }
 
 /** `rated block`: a manual block through the daemon. */

@@ -30,6 +30,10 @@ const api: ControlApi = {
     asked.push(`unblock ${ip}`);
     return ip === '198.51.100.7' ? view(ip) : null;
   },
+  blockMany: async (inputs, source, dryRun) => {
+    asked.push(`blockMany ${inputs.length} ${source} ${String(dryRun)} ${inputs.map((i) => `${i.ip}/${String(i.for)}/${String(i.reason)}`).join(' ')}`);
+    return { added: inputs.length, extended: 0, unchanged: 0, refused: {}, examples: [] };
+  },
   flush: async () => 3,
   metrics: async () => 'rated_up 1\n',
   explain: async (ip) => ({ ip }),
@@ -67,6 +71,21 @@ test('POST /blocks passes ip, for and reason on; a new block is 201', async () =
   assert.equal(res.status, 201);
   assert.equal((res.body as { outcome: string }).outcome, 'added');
   assert.equal(asked.at(-1), 'block 203.0.113.9 1h scanner');
+});
+
+test('POST /blocks/batch passes entries, source and dry run on; bad batches are 400 naming the field', async () => {
+  const res = await callApi(socket, 'POST', '/blocks/batch', { blocks: [{ ip: '192.0.2.1', for: 60 }, { ip: '192.0.2.2', reason: 'list' }], source: 'migrated', dryRun: true });
+  assert.equal(res.status, 200, res.text);
+  assert.equal((res.body as { added: number }).added, 2);
+  assert.equal(asked.at(-1), 'blockMany 2 migrated true 192.0.2.1/60/undefined 192.0.2.2/undefined/list');
+  for (const [body, field] of [
+    [{ blocks: 'x' }, /^blocks:/], [{ blocks: [{ for: 1 }] }, /^ip:/], [{ blocks: [], source: 'rule' }, /^source:/],
+    [{ blocks: [], dryRun: 'yes' }, /^dryRun:/], [{ blocks: Array.from({ length: 10_001 }, () => ({ ip: '192.0.2.1' })) }, /^blocks:/],
+  ] as const) {
+    const bad = await callApi(socket, 'POST', '/blocks/batch', body);
+    assert.equal(bad.status, 400, JSON.stringify(body).slice(0, 80));
+    assert.match((bad.body as { error: string }).error, field);
+  }
 });
 
 test('bad bodies are 400 naming the field, refusals 409, unknown blocks 404, unknown paths 404', async () => {

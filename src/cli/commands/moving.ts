@@ -1,0 +1,135 @@
+import { readFile } from 'node:fs/promises';
+import type { BatchResult, BlockView, ManualBlock } from '../../block.js';
+import { parseDuration } from '../../duration.js';
+import { RatedError } from '../../errors.js';
+import { FORMATS, ImportReader, type ImportSource } from '../../import/sources.js';
+import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
+import { STDIN } from '../stdin.js';
+
+/** Entries per request to the daemon: one batch for the kernel each, and a bounded body. */
+const BATCH = 10_000;
+
+export type ImportArgs = GlobalArgs & {
+  files: string[];
+  format?: (typeof FORMATS)[number];
+  for?: string;
+  reason?: string;
+  dryRun?: boolean;
+  json?: boolean;
+};
+
+/**
+ * `rated import`: blocklists, fail2ban's database, CrowdSec decisions and
+ * rated's own export become manual blocks, through the daemon or, when it is
+ * down, the kernel and the journal. Every entry is judged as `rated block`
+ * judges one; counts per outcome are printed.
+ */
+export async function importCommand(args: ImportArgs): Promise<void> {
+  const files = args.files.map((f) => (f === STDIN ? '-' : f));
+  if (files.length === 0) throw new RatedError('USAGE', 'name at least one FILE (or - for stdin)');
+  if (files.filter((f) => f === '-').length > 1) throw new RatedError('USAGE', 'stdin (-) can be read only once');
+  const format = args.format ?? 'auto';
+  if (!(FORMATS as readonly string[]).includes(format)) throw new RatedError('USAGE', `--format: expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(format)}`);
+  if (args.for !== undefined) {
+    const ms = parseDuration(args.for);
+    if (ms === null || ms <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(args.for)}`);
+  }
+  const reader = new ImportReader({ now: Date.now(), ...(args.reason === undefined ? {} : { reason: args.reason }) });
+  // Every file is read before anything is blocked: a bad one changes nothing.
+  for (const name of files) await reader.read(await readSource(name), format);
+  const entries = reader.entries();
+  const blocks: ManualBlock[] = entries.map((e) => ({ ip: e.ip, reason: e.reason, ...(e.seconds !== null ? { for: e.seconds } : args.for !== undefined ? { for: args.for } : {}) }));
+  const dryRun = args.dryRun ?? false;
+  const result = await blockAll(args, blocks, 'manual', dryRun);
+  const read = reader.result;
+  if (args.json) {
+    out(JSON.stringify({ read: entries.length, duplicates: read.duplicates, skipped: read.skipped, dryRun, ...result }, null, 2));
+    return;
+  }
+  out(`read ${entries.length} address${entries.length === 1 ? '' : 'es'} from ${files.length} source${files.length === 1 ? '' : 's'}${read.duplicates > 0 ? ` (${read.duplicates} repeated, merged)` : ''}`);
+  printBatch(result, dryRun);
+  const skipped = counts(read.skipped);
+  if (skipped !== null) out(`skipped ${skipped}`);
+  for (const e of read.examples) out(`  ${e}`);
+}
+
+/** Sends manual blocks in batches to the daemon, or decides them with the daemon's parts while it is down. */
+export async function blockAll(args: GlobalArgs, blocks: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun: boolean): Promise<BatchResult> {
+  const total: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [] };
+  const add = (r: BatchResult): void => {
+    total.added += r.added;
+    total.extended += r.extended;
+    total.unchanged += r.unchanged;
+    for (const [why, n] of Object.entries(r.refused)) total.refused[why] = (total.refused[why] ?? 0) + n;
+    for (const e of r.examples) if (total.examples.length < 5) total.examples.push(e);
+  };
+  const chunks: ManualBlock[][] = [];
+  for (let i = 0; i < blocks.length; i += BATCH) chunks.push(blocks.slice(i, i + BATCH));
+  await daemonOrKernel<undefined>(
+    args,
+    async () => {
+      for (const [i, chunk] of chunks.entries()) {
+        try {
+          add((await api(args, 'POST', '/blocks/batch', { blocks: chunk, source, dryRun })).body as BatchResult);
+        } catch (err) {
+          // The first batch tells whether the daemon is up; a later failure is said with what was done.
+          if (i === 0) throw err;
+          throw new RatedError('DAEMON_UNREACHABLE', `${(err as Error).message} (after ${i * BATCH} of ${blocks.length} entries: run the same command again, nothing is blocked twice)`, { cause: err });
+        }
+      }
+      return undefined;
+    },
+    async (config) => (await import('../offline.js')).offline(config, true, async (op) => {
+      for (const c of chunks) add(await op.blockMany(c, source, dryRun));
+      return undefined;
+    }),
+  );
+  return total;
+}
+
+/** Prints what a batch did (or would do). */
+export function printBatch(r: BatchResult, dryRun: boolean): void {
+  const blocked = r.added + r.extended;
+  out(`${dryRun ? 'would block' : 'blocked'} ${blocked} (${r.added} new, ${r.extended} extended); ${r.unchanged} already blocked as long or longer`);
+  const refused = counts(r.refused);
+  if (refused !== null) out(`refused ${refused}`);
+  for (const e of r.examples) out(`  ${e}`);
+}
+
+/** `7: allow-listed 3, invalid 4`, or null for none. */
+function counts(by: Record<string, number>): string | null {
+  const entries = Object.entries(by).filter(([, n]) => n > 0);
+  if (entries.length === 0) return null;
+  const total = entries.reduce((sum, [, n]) => sum + n, 0);
+  return `${total}: ${entries.map(([why, n]) => `${why} ${n}`).join(', ')}`;
+}
+
+/** A file's bytes (stdin for `-`); an unreadable one is a usage error naming it. */
+async function readSource(name: string): Promise<ImportSource> {
+  try {
+    if (name !== '-') return { name, bytes: await readFile(name) };
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return { name, bytes: Buffer.concat(chunks) };
+  } catch (err) {
+    throw new RatedError('USAGE', `${name === '-' ? 'stdin' : name}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+  }
+}
+
+/** `rated export`: the active blocks, one address per line (with what they are as a comment) or as JSON (SPEC §6). */
+export async function exportCommand(args: GlobalArgs & { format?: 'list' | 'json' }): Promise<void> {
+  const { blockViews } = await import('./blocks.js');
+  const format = args.format ?? 'list';
+  const written = { any: false };
+  const write = (v: BlockView): void => {
+    if (format === 'json') {
+      process.stdout.write(`${written.any ? ',\n' : '[\n'}${JSON.stringify(v)}`);
+    } else {
+      const what = [v.expires === null ? 'no expiry' : `until ${v.expires}`, v.source, v.rule, v.reason].filter((x) => x !== null && x !== '').join(', ');
+      out(`${v.ip} # ${what.replace(/[\r\n]/g, ' ')}`);
+    }
+    written.any = true;
+  };
+  for (const v of (await blockViews(args, {}, write)) ?? []) write(v);
+  if (format === 'json') process.stdout.write(written.any ? '\n]\n' : '[]\n');
+}
