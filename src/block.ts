@@ -56,6 +56,8 @@ export interface BatchResult {
   refused: Record<string, number>;
   /** The first few refusals, as said to `rated block`. */
   examples: string[];
+  /** Every refused entry's address (canonical where it could be read). */
+  refusedIps: string[];
 }
 
 /** Renders a block as SPEC §6 JSON, with what its element dropped when that was read. */

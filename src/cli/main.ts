@@ -63,6 +63,12 @@ async function cli(argv: string[]) {
     .command('export', 'print the active blocks, for backups and for rated import elsewhere', (y) => y
       .option('format', { choices: ['list', 'json'] as const, default: 'list' as const, describe: 'list: one address per line with a comment; json: the blocks as rated list --json prints them' }),
     async (a) => (await moving()).exportCommand({ config: a.config, socket: a.socket, format: a.format }))
+    .command('migrate <from>', 'take over the rated of 2014\'s per-address iptables rules with no moment unblocked', (y) => y
+      .positional('from', { type: 'string', demandOption: true, describe: 'iptables: plain DROP/REJECT rules per address in INPUT/OUTPUT (iptables and ip6tables, legacy and nft)' })
+      .option('for', { type: 'string', describe: 'how long the migrated blocks last (default: the first rule\'s block)' })
+      .option('dry-run', { type: 'boolean', describe: 'print the plan, change nothing' })
+      .option('yes', { type: 'boolean', describe: 'do not ask for confirmation' }),
+    async (a) => (await moving()).migrate({ config: a.config, socket: a.socket, from: a.from, for: a.for, dryRun: a.dryRun, yes: a.yes }))
     .demandCommand(1, 'name a command; see rated --help')
     .strict()
     // yargs reports a usage mistake (unknown option, missing argument) with a

@@ -13,6 +13,15 @@ export interface DecisionSharing {
   flushed(): void;
 }
 
+/** An address as rated writes it, or as given when it is not one. */
+function canonical(ip: string): string {
+  try {
+    return parseBlockTarget(ip).text;
+  } catch {
+    return ip;
+  }
+}
+
 /** The reason a manual block was refused, for counting. */
 function refusalOf(err: RatedError): string {
   if (err.code === 'USAGE') return /--for/.test(err.message) ? 'bad duration' : 'invalid';
@@ -82,7 +91,7 @@ export class Operator {
    * thrown. With `dryRun` nothing changes and the counts say what would.
    */
   async blockMany(inputs: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun = false): Promise<BatchResult> {
-    const result: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [] };
+    const result: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [], refusedIps: [] };
     for (const input of inputs) {
       let outcome: BlockOutcome;
       try {
@@ -101,6 +110,7 @@ export class Operator {
         const why = refusalOf(err);
         result.refused[why] = (result.refused[why] ?? 0) + 1;
         if (result.examples.length < 5) result.examples.push(err.message);
+        result.refusedIps.push(canonical(input.ip));
         continue;
       }
       result[outcome]++;

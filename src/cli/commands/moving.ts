@@ -43,7 +43,8 @@ export async function importCommand(args: ImportArgs): Promise<void> {
   const result = await blockAll(args, blocks, 'manual', dryRun);
   const read = reader.result;
   if (args.json) {
-    out(JSON.stringify({ read: entries.length, duplicates: read.duplicates, skipped: read.skipped, dryRun, ...result }, null, 2));
+    const { refusedIps: _, ...counted } = result;
+    out(JSON.stringify({ read: entries.length, duplicates: read.duplicates, skipped: read.skipped, dryRun, ...counted }, null, 2));
     return;
   }
   out(`read ${entries.length} address${entries.length === 1 ? '' : 'es'} from ${files.length} source${files.length === 1 ? '' : 's'}${read.duplicates > 0 ? ` (${read.duplicates} repeated, merged)` : ''}`);
@@ -55,13 +56,14 @@ export async function importCommand(args: ImportArgs): Promise<void> {
 
 /** Sends manual blocks in batches to the daemon, or decides them with the daemon's parts while it is down. */
 export async function blockAll(args: GlobalArgs, blocks: readonly ManualBlock[], source: 'manual' | 'migrated', dryRun: boolean): Promise<BatchResult> {
-  const total: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [] };
+  const total: BatchResult = { added: 0, extended: 0, unchanged: 0, refused: {}, examples: [], refusedIps: [] };
   const add = (r: BatchResult): void => {
     total.added += r.added;
     total.extended += r.extended;
     total.unchanged += r.unchanged;
     for (const [why, n] of Object.entries(r.refused)) total.refused[why] = (total.refused[why] ?? 0) + n;
     for (const e of r.examples) if (total.examples.length < 5) total.examples.push(e);
+    total.refusedIps.push(...r.refusedIps);
   };
   const chunks: ManualBlock[][] = [];
   for (let i = 0; i < blocks.length; i += BATCH) chunks.push(blocks.slice(i, i + BATCH));
@@ -132,4 +134,62 @@ export async function exportCommand(args: GlobalArgs & { format?: 'list' | 'json
   };
   for (const v of (await blockViews(args, {}, write)) ?? []) write(v);
   if (format === 'json') process.stdout.write(written.any ? '\n]\n' : '[]\n');
+}
+
+export type MigrateArgs = GlobalArgs & { from: string; for?: string; dryRun?: boolean; yes?: boolean };
+
+/**
+ * `rated migrate iptables`: the 2014 rated's per-address rules become
+ * blocks (`source: migrated`). The blocks reach the kernel first; only then
+ * are the rules of the addresses now blocked removed, with one
+ * `iptables-restore --noflush` per tool. Refused addresses keep their rules.
+ */
+export async function migrate(args: MigrateArgs): Promise<void> {
+  if (args.from !== 'iptables') throw new RatedError('USAGE', `migrate: expected "iptables" (the rated of 2014's rules), got ${JSON.stringify(args.from)}`);
+  if (args.for !== undefined) {
+    const ms = parseDuration(args.for);
+    if (ms === null || ms <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(args.for)}`);
+  }
+  const { createRunner } = await import('../../run-command.js');
+  const { readFootprint, removeRules, toolsOnPath } = await import('../../import/iptables.js');
+  const run = createRunner({ timeoutMs: 120_000 });
+  const found = await readFootprint(run, toolsOnPath());
+  for (const u of found.unreadable) out(`not read: ${u}`);
+  const ips = [...new Set(found.rules.map((r) => r.ip))];
+  const leftAlone = (): void => {
+    if (found.leftAlone.length === 0) return;
+    out(`left alone: ${found.leftAlone.length} other rule${found.leftAlone.length === 1 ? '' : 's'} in INPUT/OUTPUT (not a plain per-address DROP or REJECT)`);
+    for (const r of found.leftAlone.slice(0, 10)) out(`  ${r.tool.name}: ${r.spec}`);
+    if (found.leftAlone.length > 10) out(`  … and ${found.leftAlone.length - 10} more`);
+  };
+  if (ips.length === 0) {
+    out('nothing to migrate: no plain per-address DROP or REJECT rules in INPUT/OUTPUT');
+    leftAlone();
+    return;
+  }
+  const blocks: ManualBlock[] = ips.map((ip) => ({ ip, reason: 'migrated from iptables', ...(args.for === undefined ? {} : { for: args.for }) }));
+  const plan = `${ips.length} address${ips.length === 1 ? '' : 'es'} from ${found.rules.length} rule${found.rules.length === 1 ? '' : 's'}`;
+  if (args.dryRun) {
+    out(`would migrate ${plan}`);
+    printBatch(await blockAll(args, blocks, 'migrated', true), true);
+    leftAlone();
+    return;
+  }
+  if (!args.yes) {
+    if (!process.stdin.isTTY) throw new RatedError('USAGE', `migrate moves ${plan} into rated's blocks: add --yes to confirm (or --dry-run to see the plan)`);
+    const { createInterface } = await import('node:readline/promises');
+    const rl = createInterface({ input: process.stdin, output: process.stderr });
+    const answer = await rl.question(`Move ${plan} into rated's blocks and remove the rules? [y/N] `);
+    rl.close();
+    if (!/^y(es)?$/i.test(answer.trim())) { out('nothing changed'); return; }
+  }
+  // The blocks first, in the kernel; then the rules of what is blocked now.
+  const result = await blockAll(args, blocks, 'migrated', false);
+  const refused = new Set(result.refusedIps);
+  const removable = found.rules.filter((r) => !refused.has(r.ip));
+  await removeRules(run, removable);
+  out(`migrated ${ips.length - refused.size} address${ips.length - refused.size === 1 ? '' : 'es'}: ${removable.length} rule${removable.length === 1 ? '' : 's'} removed`);
+  printBatch(result, false);
+  if (refused.size > 0) out(`the rules of the ${refused.size} refused address${refused.size === 1 ? '' : 'es'} are left in place`);
+  leftAlone();
 }

@@ -32,7 +32,7 @@ const api: ControlApi = {
   },
   blockMany: async (inputs, source, dryRun) => {
     asked.push(`blockMany ${inputs.length} ${source} ${String(dryRun)} ${inputs.map((i) => `${i.ip}/${String(i.for)}/${String(i.reason)}`).join(' ')}`);
-    return { added: inputs.length, extended: 0, unchanged: 0, refused: {}, examples: [] };
+    return { added: inputs.length, extended: 0, unchanged: 0, refused: {}, examples: [], refusedIps: [] };
   },
   flush: async () => 3,
   metrics: async () => 'rated_up 1\n',
