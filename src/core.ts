@@ -1,9 +1,11 @@
 import type { Network } from './address.js';
+import type { Source } from './block.js';
 import { defaultBlockMs, limiterOptions, longestRuleBlockMs } from './config/limits.js';
 import type { Config } from './config/schema.js';
 import { Blocker, type Backend } from './enforce/index.js';
 import { Operator, type DecisionSharing } from './enforce/operator.js';
 import { describe } from './errors.js';
+import type { Hooks } from './hooks.js';
 import type { AllowList } from './limit/allow.js';
 import { Limiter } from './limit/limiter.js';
 import { RateLimitedLog, type Logger } from './log.js';
@@ -35,7 +37,12 @@ export interface CoreOptions {
   readonly onChange?: () => void;
   /** Writes the journal after changes (the daemon); without it the caller writes it. */
   readonly autosave: boolean;
+  /** Programs run on each block and unblock decided here (the daemon, when hooks are configured). */
+  readonly hooks?: Hooks | null;
 }
+
+/** Blocks decided on this host; those adopted from the kernel or from other nodes are theirs to report. */
+const DECIDED_HERE: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'migrated']);
 
 /**
  * Builds the limiter, the blocker, the one owner of decisions and the
@@ -55,6 +62,9 @@ export function assemble(o: CoreOptions): Core {
       o.onChange?.();
     },
     reconciledBlockMs: defaultBlockMs(c),
+    onEvent: o.hooks ? (event, block) => {
+      if (DECIDED_HERE.has(block.source)) o.hooks?.fire(event, block);
+    } : undefined,
   });
   core.operator = new Operator({
     blocker: core.blocker, isAllowed, whyAllowed: (net) => o.allow.why(net), ipv6Prefix: c.ipv6Prefix, defaultBlockMs: defaultBlockMs(c),

@@ -9,6 +9,7 @@ import { assemble, type Core } from './core.js';
 import { createRunner, selectBackend, type Backend } from './enforce/index.js';
 import { describe } from './errors.js';
 import { explain } from './explain.js';
+import { Hooks } from './hooks.js';
 import { AllowList, watchAddresses } from './limit/allow.js';
 import { createLogger, routeConsole, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -44,6 +45,7 @@ export class Daemon implements ControlApi {
   /** The journal's restore, behind the receivers; `ready` once reconciled with the kernel too. */
   private restored: Promise<RestoreSummary | null> = Promise.resolve(null);
   private ready = false;
+  private hooks: Hooks | null = null;
 
   constructor(private readonly options: DaemonOptions) {
     this.c = options.config;
@@ -62,9 +64,13 @@ export class Daemon implements ControlApi {
     await this.backend.ensure();
     // Block times run on a clock that an NTP step does not move, as kernel timeouts do not. Every block,
     // whatever its source, first reads this host's addresses again (at most once a second).
+    const h = c.hooks;
+    this.hooks = h.block || h.unblock ? new Hooks({
+      block: h.block, unblock: h.unblock, timeoutMs: h.timeout, concurrency: h.concurrency, queue: h.queue, batch: h.batch,
+    }, this.log.child({ component: 'hooks' }), this.stats) : null;
     this.core = assemble({
       config: c, backend: this.backend, allow: this.allow, log: this.log, metrics: this.stats, now: steadyClock(), autosave: true,
-      isAllowed: (net) => this.followOwn(1000, net), sharing: () => this.redis,
+      isAllowed: (net) => this.followOwn(1000, net), sharing: () => this.redis, hooks: this.hooks,
     });
     const { blocker, limiter, keeper } = this.core;
     keeper?.lock();
@@ -104,6 +110,8 @@ export class Daemon implements ControlApi {
         this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
       }
       await core?.blocker.close();
+      // Runs still queued are dropped; those in flight are killed: a stop takes at most 5 s.
+      this.hooks?.close();
       await this.control?.close();
       await this.redis?.close();
       await core?.keeper?.close();

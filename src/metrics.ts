@@ -57,6 +57,8 @@ export class Metrics {
   udpReceiveBuffer: number | null = null;
   /** Rotations of followed files, keyed by kind: rename, truncate. */
   readonly rotations = new LabelledCount();
+  /** Hook runs, keyed `event\toutcome` (ok, failed, timeout, error, dropped). */
+  readonly hookRuns = new LabelledCount();
 
   readonly registry = new Registry();
   readonly batchSeconds: Histogram;
@@ -87,6 +89,7 @@ export class Metrics {
     labelled('rated_blocks_total', 'Blocks started, per rule and source.', ['rule', 'source'], this.blocks);
     labelled('rated_unblocks_total', 'Blocks lifted, per cause.', ['cause'], this.unblocks);
     labelled('rated_errors_total', 'Errors, per component.', ['component'], this.errors);
+    labelled('rated_hook_runs_total', 'Hook runs, per event (block, unblock) and outcome (ok, failed, timeout, error, dropped).', ['event', 'outcome'], this.hookRuns);
     labelled('rated_file_rotations_total', 'Rotations of followed access logs seen, per kind (rename, truncate).', ['kind'], this.rotations);
     plain('rated_udp_drops_total', 'Datagrams the kernel dropped on the UDP receiver\'s socket because its receive buffer was full (0 without UDP).', () => this.udpDrops ?? 0);
     gauge('rated_udp_receive_buffer_bytes', 'Receive buffer of the UDP receiver\'s socket, as the kernel reports it.', () => this.udpReceiveBuffer);

@@ -44,6 +44,10 @@ const regex = checked((s) => {
   }
 }, 'a regular expression');
 
+// A program and its arguments, run without a shell: the path is absolute, so PATH decides nothing.
+const program = z.array(z.string().min(1).max(4096)).min(1, 'expected [PROGRAM, ARG…]').max(64)
+  .refine((argv) => argv[0]?.startsWith('/') === true, 'expected an absolute path first, like ["/usr/local/bin/notify", "--channel", "ops"]');
+
 const httpReceiver = z.strictObject({
   address: host.default('127.0.0.1'),
   port: port.default(8080),
@@ -118,6 +122,14 @@ export const configSchema = z.strictObject({
     flushOnExit: z.boolean().default(false),
     checkInterval: positiveDuration.default(30_000),
     maxBlocks: z.number().int().min(1).max(16_777_216).default(1_048_576),
+  }).prefault({}),
+  hooks: z.strictObject({
+    block: program.nullable().default(null),
+    unblock: program.nullable().default(null),
+    timeout: positiveDuration.default(10_000),
+    concurrency: z.number().int().min(1).max(64).default(4),
+    queue: z.number().int().min(1).max(1_000_000).default(10_000),
+    batch: z.boolean().default(false),
   }).prefault({}),
   metrics: z.strictObject({
     listen: listen.nullable().default(null),

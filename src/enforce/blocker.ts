@@ -41,6 +41,8 @@ export interface BlockerOptions {
   readonly onChange?: () => void;
   /** Called when a block is lifted by an operator (the limiter forgets the client). */
   readonly onLift?: (net: Network, cause: LiftCause) => void;
+  /** Called for each new block decided here (not adopted) and each block lifted, for any cause (hooks). */
+  readonly onEvent?: (event: 'block' | 'unblock', block: Block) => void;
   readonly now?: () => number;
   /**
    * The system clock backends read kernel expiry against (Date.now), given
@@ -218,6 +220,7 @@ export class Blocker {
     }
     this.metrics.blocks.inc(`${block.rule ?? ''}\t${block.source}`);
     this.logBlock(block, req, 'blocked');
+    this.options.onEvent?.('block', block);
     this.adviseOnSize();
     this.changed();
     return 'added';
@@ -553,6 +556,7 @@ export class Blocker {
     this.metrics.unblocks.inc(cause);
     this.log.info({ ip: block.net.text, rule: block.rule, source: block.source, cause }, cause === 'expired' ? 'block expired' : 'unblocked');
     if (cause !== 'expired') this.options.onLift?.(block.net, cause);
+    this.options.onEvent?.('unblock', block);
   }
 
   private logBlock(block: Block, req: BlockRequest, msg: string): void {
