@@ -19,13 +19,14 @@ import { blockScaling } from './scenarios/block-scaling.js';
 import { blockSpeed } from './scenarios/block-speed.js';
 import { ingest } from './scenarios/ingest.js';
 import { memory } from './scenarios/memory.js';
+import { moving } from './scenarios/moving.js';
 import { redis } from './scenarios/redis.js';
 import { replay } from './scenarios/replay.js';
 import { restart } from './scenarios/restart.js';
 import { scale } from './scenarios/scale.js';
 import { webCost } from './scenarios/web-cost.js';
 
-const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, scale, replay, restart, memory, redis, cli];
+const SCENARIOS: readonly Scenario[] = [ingest, webCost, blockSpeed, blockLatency, blockScaling, scale, replay, restart, memory, redis, cli, moving];
 
 const USAGE = `usage: npm run bench -- [SCENARIO…] [options]
 

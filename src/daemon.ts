@@ -4,7 +4,7 @@ import { Intervals, steadyClock } from './clock.js';
 import type { Config } from './config/schema.js';
 import type { ControlApi } from './control/api.js';
 import { listenControl, refuseIfRunning } from './control/server.js';
-import { statusView } from './control/status.js';
+import { statusView, topView, type TopView } from './control/status.js';
 import { assemble, type Core } from './core.js';
 import { createRunner, selectBackend, type Backend } from './enforce/index.js';
 import { describe } from './errors.js';
@@ -62,6 +62,7 @@ export class Daemon implements ControlApi {
     const socket = this.options.socket ?? c.control.socket;
     await refuseIfRunning(socket);
     await this.backend.ensure();
+    if (this.backend.kind === 'nftables' || this.backend.kind === 'ipset') this.stats.maxBlocks = c.firewall.maxBlocks;
     // Block times run on a clock that an NTP step does not move, as kernel timeouts do not. Every block,
     // whatever its source, first reads this host's addresses again (at most once a second).
     const h = c.hooks;
@@ -139,6 +140,11 @@ export class Daemon implements ControlApi {
   unblock = async (ip: string): Promise<BlockView | null> => this.restored.then(() => this.core.operator.unblock(ip));
   flush = async (): Promise<number> => this.restored.then(() => this.core.operator.flush());
   metrics = (): Promise<string> => this.stats.render();
+  top = (clients: number, blocks: number): Promise<TopView> => Promise.resolve(topView({
+    startedAt: this.startedAt, backend: this.backend.kind, activeBlocks: this.core.blocker.size, trackedClients: this.core.limiter.tracked(),
+    stats: this.stats, redis: this.redis ? { up: this.redis.status().up, mode: this.redis.status().mode } : null,
+    closest: this.core.limiter.closest(clients, performance.now()), latest: this.core.blocker.latest(blocks),
+  }));
   explain = async (ip: string): Promise<unknown> => this.restored.then(() => explain(ip, { ...this.core, allow: this.allow, ipv6Prefix: this.c.ipv6Prefix }));
 
   /** Checks and repairs our firewall now (SIGHUP, timers): one check at a time, so a hung nft piles up nothing; none before reconciled or while stopping. */

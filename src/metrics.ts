@@ -55,6 +55,8 @@ export class Metrics {
   udpDrops: number | null = null;
   /** The UDP receiver's socket receive buffer as the kernel reports it, in bytes; null without UDP. */
   udpReceiveBuffer: number | null = null;
+  /** How many blocks the firewall's sets hold at most (firewall.maxBlocks); null where there is no such bound (iptables, dry run). */
+  maxBlocks: number | null = null;
   /** Rotations of followed files, keyed by kind: rename, truncate. */
   readonly rotations = new LabelledCount();
   /** Hook runs, keyed `event\toutcome` (ok, failed, timeout, error, dropped). */
@@ -98,6 +100,7 @@ export class Metrics {
     plain('rated_firewall_refused_total', 'Element changes the firewall refused.', () => this.firewallRefused);
     plain('rated_drift_repairs_total', 'Times our firewall state was found changed by someone else and repaired.', () => this.driftRepairs);
     gauge('rated_active_blocks', 'Blocks in force.', gauges.activeBlocks);
+    gauge('rated_max_blocks', 'Blocks the firewall\'s sets can hold (firewall.maxBlocks; absent for iptables and dry runs).', () => this.maxBlocks);
     gauge('rated_tracked_clients', 'Clients with counters in memory.', gauges.trackedClients);
     gauge('rated_redis_up', 'Whether Redis is reachable (absent when Redis is not configured).', () => this.redisUp);
     const read = (): DroppedTotals | null => this.dropped;

@@ -11,11 +11,12 @@ const moving = (): Promise<typeof import('./commands/moving.js')> => import('./c
 /** Builds the command line; handlers run through parseAsync so errors reach one catch. */
 async function cli(argv: string[]) {
   const { default: yargs } = await import('yargs');
-  return yargs(argv)
+  const y = yargs(argv);
+  return y
     .scriptName('rated')
     .usage('$0 <command> [options]')
     .option('config', { alias: 'c', type: 'string', describe: 'configuration file (default: $RATED_CONFIG, /etc/rated/rated.yml, embedded defaults)' })
-    .option('socket', { type: 'string', describe: 'control socket (default: control.socket)' })
+    .option('socket', { type: 'string', describe: 'control socket (default: control.socket of the configuration, /run/rated/rated.sock)' })
     .command('run', 'run the daemon in the foreground', (y) => y
       .option('dry-run', { type: 'boolean', describe: 'decide, log and list, never touch the kernel' }),
     async (a) => (await import('./commands/run.js')).run({ config: a.config, socket: a.socket, dryRun: a.dryRun }))
@@ -26,7 +27,7 @@ async function cli(argv: string[]) {
     async (a) => (await blocks()).list({ config: a.config, socket: a.socket, json: a.json, sort: a.sort, limit: a.limit }))
     .command('block <target>', 'block an address or CIDR network', (y) => y
       .positional('target', { type: 'string', demandOption: true, describe: 'address or CIDR network' })
-      .option('for', { type: 'string', describe: 'duration: 90s, 10m, 6h, 1d or seconds (default: the first rule\'s block)' })
+      .option('for', { type: 'string', describe: 'duration: 90s, 10m, 6h, 1d or seconds (default: the first rule\'s block; 6h with the embedded rules)' })
       .option('reason', { type: 'string', describe: 'why, shown by list' })
       .option('json', { type: 'boolean', describe: 'print the block as JSON' }),
     async (a) => (await blocks()).block({ config: a.config, socket: a.socket, target: a.target, for: a.for, reason: a.reason, json: a.json }))
@@ -43,6 +44,9 @@ async function cli(argv: string[]) {
     .command('status', 'show whether rated is up and what it is doing', (y) => y
       .option('json', { type: 'boolean', describe: 'JSON for scripts' }),
     async (a) => (await import('./commands/status.js')).status({ config: a.config, socket: a.socket, json: a.json }))
+    .command('top', 'live view: rates, blocks, dropped packets, clients nearest a limit, latest blocks', (y) => y
+      .option('once', { type: 'boolean', describe: 'one snapshot as plain lines (also when stdout is not a terminal)' }),
+    async (a) => (await import('./commands/top.js')).top({ config: a.config, socket: a.socket, once: a.once }))
     .command('check-config', 'validate and print the effective configuration', (y) => y
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing when it is valid (service start-up checks)' }),
     async (a) => (await import('./commands/check-config.js')).checkConfig({ config: a.config, socket: a.socket, quiet: a.quiet }))
@@ -69,13 +73,20 @@ async function cli(argv: string[]) {
       .option('dry-run', { type: 'boolean', describe: 'print the plan, change nothing' })
       .option('yes', { type: 'boolean', describe: 'do not ask for confirmation' }),
     async (a) => (await moving()).migrate({ config: a.config, socket: a.socket, from: a.from, for: a.for, dryRun: a.dryRun, yes: a.yes }))
+    .command('completion <shell>', 'print a completion script: rated completion bash > /etc/bash_completion.d/rated', (c) => c
+      .positional('shell', { choices: ['bash', 'zsh'] as const, demandOption: true, describe: 'bash, or zsh (into a directory of $fpath, as _rated)' }),
+    // The types of yargs 18 omit the arguments its showCompletionScript takes ($0, the command to name).
+    (a) => { (y as unknown as { showCompletionScript(app: string, cmd: string): void }).showCompletionScript('rated', `completion ${a.shell}`); })
+    // What the scripts call on each <Tab>: `rated --get-yargs-completions rated li` prints `list`.
+    .completion('__complete', false)
     .demandCommand(1, 'name a command; see rated --help')
     .strict()
     // yargs reports a usage mistake (unknown option, missing argument) with a
     // message and no error; an error is a handler's own, passed on unchanged.
     .fail((msg: string | null, err: Error | undefined) => {
       if (err) throw err;
-      const text = msg ?? 'invalid arguments';
+      // One line, as every error of rated (yargs writes some over two).
+      const text = (msg ?? 'invalid arguments').replace(/:?\s*\n\s*/g, ': ');
       throw new RatedError('USAGE', text.includes('--help') ? text : `${text} (see rated --help)`);
     })
     .version(VERSION)
@@ -95,6 +106,8 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${VERSION}\n`);
     return;
   }
+  // yargs picks the completion script's shell from $SHELL when it starts.
+  if (argv[0] === 'completion' && (argv[1] === 'zsh' || argv[1] === 'bash')) process.env.SHELL = `/bin/${argv[1]}`;
   try {
     // yargs drops a lone "-" from positionals: hand it over as a name no file can have.
     await (await cli(argv.map((a) => (a === '-' ? STDIN : a)))).parseAsync();

@@ -1,4 +1,5 @@
 import type { BatchResult, BlockView, ListQuery, ManualBlock } from '../block.js';
+import type { TopView } from './status.js';
 
 /** What the control socket exposes; the daemon implements it. */
 export interface ControlApi {
@@ -12,6 +13,8 @@ export interface ControlApi {
   unblock(ip: string): Promise<BlockView | null>;
   flush(): Promise<number>;
   metrics(): Promise<string>;
+  /** What `rated top` shows: counters, the clients nearest a limit, the latest blocks. */
+  top(clients: number, blocks: number): Promise<TopView>;
   /** Why an address is or is not blocked (`rated explain`); throws USAGE for what is not an address. */
   explain(ip: string): Promise<unknown>;
 }

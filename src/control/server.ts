@@ -82,6 +82,15 @@ export class ControlServer {
       if (dryRun !== undefined && typeof dryRun !== 'boolean') throw new RatedError('USAGE', 'dryRun: expected true or false');
       send(res, 200, await this.api.blockMany(blocks.map((b: unknown) => manualBlock(b)), source ?? 'manual', dryRun ?? false)); return;
     }
+    if (path === '/top' && method === 'GET') {
+      const params = new URL(req.url ?? '/', 'http://rated').searchParams;
+      const n = (name: string): number => {
+        const v = params.get(name) ?? '10';
+        if (!/^[1-9]\d{0,2}$/.test(v) || Number(v) > 100) throw new RatedError('USAGE', `${name}: expected a whole number from 1 to 100, got ${JSON.stringify(v.slice(0, 16))}`);
+        return Number(v);
+      };
+      send(res, 200, await this.api.top(n('clients'), n('blocks'))); return;
+    }
     if (path.startsWith('/explain/') && method === 'GET') { send(res, 200, await this.api.explain(decodeTarget(path.slice('/explain/'.length)))); return; }
     if (path.startsWith('/blocks/') && method === 'DELETE') {
       const ip = decodeTarget(path.slice('/blocks/'.length));

@@ -24,6 +24,9 @@ export type BlockOutcome = 'added' | 'extended' | 'unchanged';
 /** Why a block ended. */
 export type LiftCause = 'expired' | 'unblock' | 'flush' | 'refused';
 
+/** How many of the latest blocks `latest()` can show. */
+const NEWEST_KEPT = 100;
+
 /** How long after its expiry an element of ours may still be in the kernel without being a stranger to adopt. */
 const LINGER_MS = 30_000;
 
@@ -99,6 +102,8 @@ export class Blocker {
    * adopt those leftovers as new blocks.
    */
   private readonly expiring = new Map<string, number>();
+  /** The latest blocks started here, newest last (`rated top`). */
+  private readonly newest: Block[] = [];
   private closed = false;
   /** Every block with an expiry, soonest first (and stale entries, skipped when they come up). */
   private readonly expiry = new ExpiryHeap<Block>();
@@ -121,6 +126,16 @@ export class Blocker {
   /** True when exactly this client or network is blocked (a hot-path lookup). */
   has(net: Network): boolean {
     return this.blocks.has(net.text);
+  }
+
+  /** The latest `n` blocks started here that are still in force, newest first. */
+  latest(n: number): BlockView[] {
+    const out: BlockView[] = [];
+    for (let i = this.newest.length - 1; i >= 0 && out.length < n; i--) {
+      const b = this.newest[i] as Block;
+      if (this.blocks.get(b.net.text) === b) out.push(viewBlock(b));
+    }
+    return out;
   }
 
   get(net: Network): Block | undefined {
@@ -220,6 +235,8 @@ export class Blocker {
     }
     this.metrics.blocks.inc(`${block.rule ?? ''}\t${block.source}`);
     this.logBlock(block, req, 'blocked');
+    this.newest.push(block);
+    if (this.newest.length > NEWEST_KEPT) this.newest.shift();
     this.options.onEvent?.('block', block);
     this.adviseOnSize();
     this.changed();

@@ -75,6 +75,14 @@ function keyNetwork(key: CounterKey): Network | null {
   return typeof key === 'number' ? ipv4(key >>> 0) : parseNetwork(key);
 }
 
+/** A client and the rule it is nearest to crossing (`rated top`). */
+export interface ClientNearLimit {
+  readonly client: string;
+  readonly rule: string;
+  readonly hits: number;
+  readonly limit: number;
+}
+
 /**
  * Counts hits per client against every matching rule and decides blocks.
  *
@@ -226,6 +234,31 @@ export class Limiter {
       limit: rule.limit,
       windowMs: rule.window.windowMs,
     }));
+  }
+
+  /**
+   * The `n` clients nearest a limit (hits ÷ limit, highest first), among the
+   * `scan` most recently seen: for `rated top`, once a second, so bounded
+   * work whatever the number of clients; the nearest are the busy ones.
+   */
+  closest(n: number, at: number, scan = 50_000): ClientNearLimit[] {
+    const best: Array<ClientNearLimit & { ratio: number }> = [];
+    let seen = 0;
+    for (const [key, slot] of this.clients.entries()) {
+      if (seen++ >= scan) break;
+      if (key === this.parked) continue;
+      this.rules.forEach((rule, i) => {
+        const hits = count(this.slab, slot * this.stride + (this.offsets[i] ?? 0), rule.window, at);
+        if (hits === 0) return;
+        const ratio = hits / rule.limit;
+        if (best.length >= n && ratio <= (best.at(-1)?.ratio ?? 0)) return;
+        const client = keyNetwork(key)?.text ?? String(key);
+        const pos = best.findIndex((b) => b.ratio < ratio);
+        best.splice(pos === -1 ? best.length : pos, 0, { client, rule: rule.name, hits, limit: rule.limit, ratio });
+        if (best.length > n) best.pop();
+      });
+    }
+    return best.map(({ ratio: _, ...c }) => c);
   }
 
   /** Number of clients with counters. */

@@ -36,6 +36,10 @@ const api: ControlApi = {
   },
   flush: async () => 3,
   metrics: async () => 'rated_up 1\n',
+  top: async (clients, blocks) => {
+    asked.push(`top ${clients} ${blocks}`);
+    return { at: '', uptime: 0, backend: 'dry-run', activeBlocks: 0, trackedClients: 0, receivers: {}, blocks: 0, unblocks: 0, droppedPackets: null, redis: null, closest: [], latest: [] };
+  },
   explain: async (ip) => ({ ip }),
 };
 
@@ -88,6 +92,18 @@ test('POST /blocks/batch passes entries, source and dry run on; bad batches are 
   }
 });
 
+test('GET /top takes clients and blocks from 1 to 100', async () => {
+  assert.equal((await callApi(socket, 'GET', '/top?clients=5&blocks=7')).status, 200);
+  assert.equal(asked.at(-1), 'top 5 7');
+  assert.equal((await callApi(socket, 'GET', '/top')).status, 200);
+  assert.equal(asked.at(-1), 'top 10 10');
+  for (const q of ['clients=0', 'clients=101', 'blocks=x', 'blocks=1e3']) {
+    const bad = await callApi(socket, 'GET', `/top?${q}`);
+    assert.equal(bad.status, 400, q);
+    assert.match((bad.body as { error: string }).error, /^(clients|blocks):/);
+  }
+});
+
 test('bad bodies are 400 naming the field, refusals 409, unknown blocks 404, unknown paths 404', async () => {
   const noIp = await callApi(socket, 'POST', '/blocks', { for: '1h' });
   assert.equal(noIp.status, 400);
@@ -125,6 +141,7 @@ test('a socket nobody answers on is unreachable, not an answer', async () => {
 });
 
 test('metrics.listen serves GET /metrics over TCP, and nothing else', async () => {
+  const askedBefore = asked.length;
   const metrics = await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`);
   assert.equal(metrics.status, 200);
   assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
@@ -133,7 +150,7 @@ test('metrics.listen serves GET /metrics over TCP, and nothing else', async () =
     const res = await fetch(`http://127.0.0.1:${METRICS_PORT}${path}`, { method });
     assert.equal(res.status, 404, `${method} ${path}`);
   }
-  assert.equal(asked.filter((a) => a.startsWith('unblock') || a.startsWith('block')).length, asked.length, 'nothing reached the API but metrics');
+  assert.deepEqual(asked.slice(askedBefore), [], 'nothing reached the API but metrics');
 });
 
 test('metrics.listen takes ADDRESS:PORT and [IPV6]:PORT, nothing else', () => {
