@@ -31,7 +31,8 @@ const STDERR_TAIL = 400;
 
 interface Job {
   readonly event: HookEvent;
-  readonly view: BlockView;
+  /** Rendered when the hook runs: queuing costs a decision nothing. */
+  readonly block: Block;
 }
 
 export class Hooks {
@@ -59,7 +60,7 @@ export class Hooks {
       this.failures.warn('queue', { event, queue: this.o.queue }, 'hook queue full: runs dropped (rated_hook_runs_total{outcome="dropped"} counts them)');
       return;
     }
-    this.queue.push({ event, view: viewBlock(block) });
+    this.queue.push({ event, block });
     this.pump();
   }
 
@@ -101,13 +102,14 @@ export class Hooks {
     const argv = (event === 'block' ? this.o.block : this.o.unblock) ?? [];
     const [file, ...args] = argv;
     if (file === undefined) return;
-    const one = jobs.length === 1 && !this.o.batch ? jobs[0] : undefined;
-    const input = one ? JSON.stringify(one.view) : JSON.stringify(jobs.map((j) => j.view));
+    const views: BlockView[] = jobs.map((j) => viewBlock(j.block));
+    const one = views.length === 1 && !this.o.batch ? views[0] : undefined;
+    const input = JSON.stringify(one ?? views);
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       RATED_EVENT: event,
-      RATED_IP: one?.view.ip ?? '',
-      RATED_RULE: one?.view.rule ?? '',
+      RATED_IP: one?.ip ?? '',
+      RATED_RULE: one?.rule ?? '',
       RATED_COUNT: String(jobs.length),
     };
     const outcome = await new Promise<{ outcome: string; code: number | null; signal: string | null; stderr: string; err?: string }>((resolve) => {
@@ -139,7 +141,7 @@ export class Hooks {
     });
     this.metrics.hookRuns.inc(`${event}\t${outcome.outcome}`);
     const fields = {
-      event, hook: file, ip: one?.view.ip, count: jobs.length, exitCode: outcome.code, signal: outcome.signal,
+      event, hook: file, ip: one?.ip, count: jobs.length, exitCode: outcome.code, signal: outcome.signal,
       stderr: outcome.stderr.trim() === '' ? undefined : outcome.stderr.trim(), err: outcome.err,
     };
     if (outcome.outcome === 'ok') { this.log.debug(fields, 'hook ran'); return; }

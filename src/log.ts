@@ -3,10 +3,39 @@ import { format } from 'node:util';
 
 export type { Logger };
 
-/** The daemon's logger: pino JSON lines on stdout. */
+/** Lines are gathered up to this many bytes, or this long, before one write. */
+const LOG_BUFFER_BYTES = 8 * 1024;
+const LOG_FLUSH_MS = 50;
+
+/**
+ * The daemon's logger: pino JSON lines on stdout. A storm of 100,000 blocks
+ * writes 100,000 lines: they are gathered and written 8 KiB at a time (at
+ * the latest 50 ms after the first), not with one system call each; an exit
+ * writes what is left.
+ */
 export function createLogger(level: string, destination: pino.DestinationStream | number = 1): Logger {
-  const stream = typeof destination === 'number' ? pino.destination({ dest: destination, sync: true }) : destination;
+  const stream = typeof destination === 'number' ? buffered(destination) : destination;
   return pino({ level, base: { name: 'rated' }, timestamp: pino.stdTimeFunctions.isoTime }, stream);
+}
+
+/** One buffered stream per file descriptor, however many loggers write to it. */
+const streams = new Map<number, pino.DestinationStream>();
+
+function buffered(fd: number): pino.DestinationStream {
+  const known = streams.get(fd);
+  if (known) return known;
+  const boom = pino.destination({ dest: fd, sync: true, minLength: LOG_BUFFER_BYTES });
+  const flush = (): void => {
+    try {
+      boom.flushSync();
+    } catch {
+      // the descriptor is gone (a closed pipe): nothing to do
+    }
+  };
+  setInterval(flush, LOG_FLUSH_MS).unref();
+  process.once('exit', flush);
+  streams.set(fd, boom);
+  return boom;
 }
 
 /**

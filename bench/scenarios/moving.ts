@@ -68,7 +68,7 @@ async function withNamespace<T>(prefix: string, f: (ns: Namespace) => Promise<T>
 /** One `nft -f -` adding the elements to a set like rated's. */
 async function nftFloor(ctx: BenchContext, n: number): Promise<number> {
   return withNamespace('rtd-bmvf', async (ns) => {
-    await mustRun(ns, 'nft', ['-f', '-'], 'table inet floor { set v4 { type ipv4_addr; flags timeout; size 1048576; } }\n');
+    await mustRun(ns, 'nft', ['-f', '-'], 'table inet floor {\n  set v4 { type ipv4_addr; flags timeout; size 1048576; }\n}\n');
     const script = `add element inet floor v4 { ${Array.from({ length: n }, (_, k) => `${benchAddress(k)} timeout 3600s`).join(', ')} }\n`;
     const t0 = performance.now();
     await mustRun(ns, 'nft', ['-f', '-'], script);

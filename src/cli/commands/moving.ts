@@ -70,14 +70,21 @@ export async function blockAll(args: GlobalArgs, blocks: readonly ManualBlock[],
   await daemonOrKernel<undefined>(
     args,
     async () => {
-      for (const [i, chunk] of chunks.entries()) {
-        try {
-          add((await api(args, 'POST', '/blocks/batch', { blocks: chunk, source, dryRun })).body as BatchResult);
-        } catch (err) {
-          // The first batch tells whether the daemon is up; a later failure is said with what was done.
-          if (i === 0) throw err;
-          throw new RatedError('DAEMON_UNREACHABLE', `${(err as Error).message} (after ${i * BATCH} of ${blocks.length} entries: run the same command again, nothing is blocked twice)`, { cause: err });
-        }
+      const send = async (chunk: ManualBlock[]): Promise<void> => {
+        add((await api(args, 'POST', '/blocks/batch', { blocks: chunk, source, dryRun })).body as BatchResult);
+      };
+      // The first batch tells whether the daemon is up; after it two are in
+      // flight, so the daemon reads one while the kernel takes the other.
+      const [first, ...rest] = chunks;
+      if (first) await send(first);
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < rest.length) await send(rest[next++] as ManualBlock[]);
+      };
+      try {
+        await Promise.all([worker(), worker()]);
+      } catch (err) {
+        throw new RatedError('DAEMON_UNREACHABLE', `${(err as Error).message} (after about ${next * BATCH} of ${blocks.length} entries: run the same command again, nothing is blocked twice)`, { cause: err });
       }
       return undefined;
     },
