@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { createNamespace, type Namespace } from '../../test/helpers/netns.js';
 import { benchAddress, mustRun, type BenchContext, type Scenario } from '../lib/context.js';
+import { median } from '../lib/interleave.js';
 import { BIN, ROOT, startBenchRated } from '../lib/rated.js';
 
 const NAME = 'moving';
@@ -24,12 +25,19 @@ export const moving: Scenario = {
     const entries = ctx.quick ? 20_000 : 100_000;
     const list = join(ctx.scratch, 'import.txt');
     writeFileSync(list, `${Array.from({ length: entries }, (_, k) => benchAddress(k)).join('\n')}\n`);
-    const floor = await nftFloor(ctx, entries);
-    const plain = await importOnce(ctx, list, null);
     const slow = join(ctx.scratch, 'slow-hook');
     writeFileSync(slow, '#!/bin/sh\nsleep 1\n');
     chmodSync(slow, 0o755);
-    const hooked = await importOnce(ctx, list, slow);
+    // Rounds alternate subject and baselines; the figures are medians.
+    const floors: number[] = [];
+    const plains: number[] = [];
+    const hookeds: number[] = [];
+    for (let r = 0; r < ctx.rounds; r++) {
+      floors.push(await nftFloor(ctx, entries));
+      plains.push(await importOnce(ctx, list, null));
+      hookeds.push(await importOnce(ctx, list, slow));
+    }
+    const [floor, plain, hooked] = [median(floors), median(plains), median(hookeds)];
     ctx.results.add(NAME, {
       name: `rated import of ${entries.toLocaleString('en')} list entries through the daemon (whole command)`,
       value: plain / 1000, unit: 's',
@@ -45,7 +53,9 @@ export const moving: Scenario = {
       note: 'blocking never waits for a hook: a ratio near 1',
     });
     const rules = ctx.quick ? 5000 : 20_000;
-    const m = await migrateOnce(ctx, rules);
+    const runs: Array<{ migrate: number; floor: number }> = [];
+    for (let r = 0; r < ctx.rounds; r++) runs.push(await migrateOnce(ctx, rules));
+    const m = { migrate: median(runs.map((x) => x.migrate)), floor: median(runs.map((x) => x.floor)) };
     ctx.results.add(NAME, {
       name: `rated migrate iptables of ${rules.toLocaleString('en')} rules (${(rules / 2).toLocaleString('en')} addresses, whole command)`,
       value: m.migrate / 1000, unit: 's',
