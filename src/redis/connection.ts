@@ -100,6 +100,8 @@ export class RedisLink {
   private probeTimer: NodeJS.Timeout | null = null;
   /** Healthy probes in a row since the outage began. */
   private healthyProbes = 0;
+  /** Probes in a row that got no answer at all while the connections looked open. */
+  private unansweredProbes = 0;
   private probing = false;
   private closed = false;
 
@@ -343,6 +345,10 @@ export class RedisLink {
         // A cluster whose lost master has just come back answers before its
         // connections settle: two healthy probes a second apart, not one.
         if (ok && (this.mode === 'standalone' || this.healthyProbes >= 2)) this.markUp();
+        // A partition drops packets without closing anything: the open
+        // connections wait on TCP retransmissions that back off for minutes
+        // after it heals. After five silent seconds, connect afresh.
+        if (!ok && this.unansweredProbes >= 5) this.reconnect();
       }, () => {
         this.probing = false;
         this.healthyProbes = 0;
@@ -372,6 +378,7 @@ export class RedisLink {
     if (targets.length === 0) return false;
     try {
       await this.bounded(() => Promise.all(targets.map((t) => t.ping())));
+      this.unansweredProbes = 0;
       if (masters !== null) {
         const states = await this.bounded(() => Promise.all(masters.map((m) => m.cluster('INFO'))));
         const failing = states.find((info) => !/^cluster_state:ok\r?$/m.test(info));
@@ -396,9 +403,19 @@ export class RedisLink {
       }
       return true;
     } catch (err) {
+      this.unansweredProbes = err instanceof RedisTimeout ? this.unansweredProbes + 1 : 0;
       this.noteError(err);
       return false;
     }
+  }
+
+  /** Drops the connections that no longer answer and makes new ones (with the usual backoff). */
+  private reconnect(): void {
+    this.unansweredProbes = 0;
+    if (this.closed) return;
+    this.log.debug({ redis: this.status().url }, 'no answer on open connections: connecting afresh');
+    this.client.disconnect(true);
+    this.subscriber.disconnect(true);
   }
 }
 
