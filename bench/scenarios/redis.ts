@@ -11,13 +11,15 @@ import type { BenchContext, Scenario } from '../lib/context.js';
 import { interleave, median, spread } from '../lib/interleave.js';
 import { spawnProc, type Proc } from '../lib/proc.js';
 import { startBenchRated, type BenchRated, type RatedRule } from '../lib/rated.js';
+import { startRedisCluster, type RedisCluster } from '../../test/helpers/redis.js';
 import { LUA, runWrk, type WrkResult } from '../lib/wrk.js';
 
 const NAME = 'redis';
 /** High enough that no client is blocked: the run measures counting, not blocking. */
 const RULE: RatedRule = { name: 'bench', limit: 100_000_000, window: '60s', block: '1m' };
-const PORT = { memory: 9101, redis: 9102, redisServer: 6379 };
-const MODES = ['memory', 'redis'] as const;
+const PORT = { memory: 9101, redis: 9102, cluster: 9103, redisServer: 6379 };
+const CLUSTER_PORTS = [7301, 7302, 7303];
+const MODES = ['memory', 'redis', 'cluster'] as const;
 type Mode = (typeof MODES)[number];
 
 export interface RedisBenchOptions {
@@ -82,19 +84,24 @@ export async function measureRedis(ctx: BenchContext, options: Partial<RedisBenc
   const connections = options.connections ?? 64;
   const ns = await createNamespace('rb-redis');
   let server: Proc | null = null;
+  let cluster: RedisCluster | null = null;
   const daemons = new Map<Mode, BenchRated>();
   try {
     server = await startRedisServer(ctx, ns);
+    cluster = await startRedisCluster({ namespace: ns, host: '127.0.0.1', ports: CLUSTER_PORTS });
     ctx.log(`redis-server on 127.0.0.1:${PORT.redisServer}; rated in memory mode on :${PORT.memory} and with redis: on :${PORT.redis}; `
       + `wrk, ${connections} connections, X-IP rotating over ${addresses.toLocaleString('en-US')} addresses`);
     for (const mode of MODES) {
       daemons.set(mode, await startBenchRated({
         namespace: ns, scratch: ctx.scratch, cpus: ctx.cpus.server, http: PORT[mode], rules: [RULE], args: ['--dry-run'],
-        config: mode === 'redis' ? { redis: { url: `redis://127.0.0.1:${PORT.redisServer}/0`, prefix: 'bench:' } } : {},
+        config: mode === 'redis' ? { redis: { url: `redis://127.0.0.1:${PORT.redisServer}/0`, prefix: 'bench:' } }
+          : mode === 'cluster' ? { redis: { cluster: CLUSTER_PORTS.map((p) => `redis://127.0.0.1:${p}`), prefix: 'bench:' } } : {},
       }));
     }
     const redisDaemon = daemons.get('redis') as BenchRated;
+    const clusterDaemon = daemons.get('cluster') as BenchRated;
     if ((await redisDaemon.status()).redis === null) throw new Error('the daemon started with redis: reports no Redis state (status().redis is null)');
+    const shares = (mode: Mode): BenchRated | null => (mode === 'redis' ? redisDaemon : mode === 'cluster' ? clusterDaemon : null);
     const load = (mode: Mode, seconds: number): Promise<WrkResult> => runWrk({
       namespace: ns, url: `http://127.0.0.1:${PORT[mode]}/`, script: LUA.rotate, cpus: ctx.cpus.load, seconds, connections,
       env: { BENCH_HEADER: 'X-IP', BENCH_ADDRESSES: String(addresses) },
@@ -104,9 +111,10 @@ export async function measureRedis(ctx: BenchContext, options: Partial<RedisBenc
     const samples: RedisSample[] = [];
     await interleave(MODES, ctx.rounds, async (key, round) => {
       const mode = key as Mode;
-      const before = mode === 'redis' ? await counting(redisDaemon) : null;
+      const daemon = shares(mode);
+      const before = daemon ? await counting(daemon) : null;
       const wrk = await load(mode, ctx.seconds);
-      const after = mode === 'redis' ? await counting(redisDaemon) : null;
+      const after = daemon ? await counting(daemon) : null;
       const shared = before && after ? {
         hits: after.hits - before.hits,
         batches: after.batches - before.batches,
@@ -146,10 +154,24 @@ export async function measureRedis(ctx: BenchContext, options: Partial<RedisBenc
       target: { of: 'ratio', op: '>=', bound: 0.5 },
       note: notes.join('; '),
     });
+    const clusterUp = (await clusterDaemon.status()).redis as { up?: boolean } | null;
+    const clusterShared = of('cluster').reduce((n, s) => n + (s.shared?.hits ?? 0), 0);
+    const clusterSkipped = of('cluster').reduce((n, s) => n + (s.shared?.skipped ?? 0), 0);
+    ctx.results.add(NAME, {
+      name: 'HTTP receiver with counters in a Redis Cluster (3 masters, this machine), notifications/s',
+      value: rps('cluster'),
+      unit: '/s',
+      baseline: { name: 'counters in memory', value: rps('memory'), unit: '/s' },
+      ratio: 'higher',
+      target: { of: 'ratio', op: '>=', bound: 0.6 },
+      note: `shared in the Cluster: ${clusterShared.toLocaleString('en-US')} hits, ${clusterSkipped.toLocaleString('en-US')} counted locally only; `
+        + `Cluster ${clusterUp?.up ? 'up' : 'DOWN'} at the end; p99 latency ${p99('cluster')}; the Cluster's servers on the same machine`,
+    });
     return samples;
   } finally {
     for (const d of daemons.values()) await d.stop();
     await server?.stop();
+    await cluster?.stop();
     await ns.delete();
   }
 }

@@ -5,6 +5,7 @@ import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { parseRedisUrl, redactUrl, type RedisEndpoint } from '../redis-url.js';
+import { keySlot } from './keys.js';
 
 /** The `redis` section of the configuration, timeouts in milliseconds. */
 export interface RedisConfig {
@@ -203,6 +204,15 @@ export class RedisLink {
         return this.commands.eval(s.lua, keys.length, ...keys, ...args);
       }
     });
+  }
+
+  /**
+   * The node ("host:port") that holds `key`'s slot in a cluster, as the
+   * client last read the slot map; null on a single server or when unknown.
+   */
+  nodeOf(key: string): string | null {
+    if (!(this.client instanceof Cluster)) return null;
+    return this.client.slots[keySlot(key)]?.[0] ?? null;
   }
 
   /** Deletes keys that share one cluster slot, bounded by `redis.timeout`. */

@@ -4,6 +4,29 @@
 // in exponent form.
 
 /**
+ * COUNT for many clients of one Redis Cluster node (Redis 7 or later): the
+ * keys come in ARGV (ARGV[1] their number, then the keys, then COUNT's
+ * ARGV), one key is declared to route the call to the node, and the script
+ * may touch keys of the node's other slots. A key on another node makes the
+ * script fail before it writes anything (rated then counts those clients
+ * one call each).
+ */
+export function countOnNode(count: string): string {
+  return `#!lua flags=allow-cross-slot-keys
+local nk = tonumber(ARGV[1])
+local KEYS = {}
+for i = 1, nk do
+  KEYS[i] = ARGV[1 + i]
+  -- Every key first: a key of another node fails here, before anything is written.
+  redis.call('EXISTS', KEYS[i])
+end
+local rest = {}
+for i = nk + 2, #ARGV do rest[#rest + 1] = ARGV[i] end
+local ARGV = rest
+${count}`;
+}
+
+/**
  * Counts hits of one or more clients against every rule, with the same
  * sliding window as `sliding-window.ts`. Each client's counter of a rule is
  * one string of B + 2 little-endian doubles packed with Redis's `struct`
@@ -12,7 +35,7 @@
  * a value of any other length, such as an older text form, counts as empty). When a count goes over its limit, every counter of that client
  * is deleted, so the client starts from zero after its block and exactly one
  * caller sees the trip. Clients are counted in order; one client may appear
- * twice. (In a cluster each call holds one client: its keys share a slot.)
+ * twice. (In a cluster a call holds the clients of one node: see countOnNode.)
  *
  * KEYS: per client, its counter of every rule, in rule order.
  * ARGV: R (rules); per rule windowMs, buckets, limit, ttlMs; then per client

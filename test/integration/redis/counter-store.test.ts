@@ -9,7 +9,7 @@ import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
 import { RedisLink, type RedisConfig } from '../../../src/redis/connection.js';
 import { counterTtlMs, RedisCounterStore } from '../../../src/limit/redis-counter-store.js';
-import { RedisKeys } from '../../../src/redis/keys.js';
+import { keySlot, RedisKeys } from '../../../src/redis/keys.js';
 import type { CounterStore, StoreRule } from '../../../src/limit/counter-store.js';
 import { counterStoreContract } from '../../helpers/counter-store-contract.js';
 import { prereqsMet } from '../../helpers/prereq.js';
@@ -128,5 +128,51 @@ describe('Redis counter store on a three-master Redis Cluster', { skip: SKIP }, 
     assert.equal(await slot(keys.blocks), await slot(keys.expires));
     assert.equal(await slot(keys.blocks), await slot(keys.lifted));
     assert.equal(await slot(keys.blocks), await slot(keys.flushed));
+    for (const key of [keys.blocks, keys.channel, 'plain', '{}x', 'a{}b{c}', ...Array.from({ length: 30 }, (_, i) => keys.counter(`198.51.100.${i}`, 'r'))]) {
+      assert.equal(keySlot(key), await slot(key), key);
+    }
+  });
+
+  test('a batch of 1,000 clients is counted in a few calls per node, and counts as one call per client would', async () => {
+    const rules = [{ name: 'r', limit: 3, window: new WindowSpec(10_000) }, { name: 's', limit: 1000, window: new WindowSpec(60_000) }];
+    const store = await makeStore({ cluster: [...(cluster?.urls ?? [])] }, rules);
+    const calls: number[] = [];
+    const run = store.link.run.bind(store.link);
+    store.link.run = async (s, keys, args) => {
+      calls.push(keys.length);
+      return run(s, keys, args);
+    };
+    try {
+      const clients = Array.from({ length: 1000 }, (_, i) => `10.${i >> 8}.${i & 255}.1`);
+      const first = await store.count(clients.map((client, i) => ({ client, hits: [i % 5, 1], at: T0 })));
+      assert.ok(calls.length <= 20, `${calls.length} script calls for 1,000 clients on 3 masters`);
+      first.forEach((r, i) => {
+        assert.deepEqual(r, { tripped: i % 5 > 3, counts: [i % 5, 1] }, clients[i]);
+      });
+      // Each client's counters moved as its own: a second hit trips exactly those now over 3.
+      const second = await store.count(clients.map((client) => ({ client, hits: [1, 0], at: T0 + 1 })));
+      second.forEach((r, i) => {
+        const before = i % 5 > 3 ? 0 : i % 5;
+        assert.equal(r.tripped, before + 1 > 3, `${clients[i]}: ${JSON.stringify(r)}`);
+      });
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('a group that meets a key of another node (a slot map gone stale) is counted one client at a time, nothing lost or doubled', async () => {
+    const rules = [{ name: 'r', limit: 2, window: new WindowSpec(10_000) }];
+    const store = await makeStore({ cluster: [...(cluster?.urls ?? [])] }, rules);
+    // A slot map that puts every client on one node: Redis refuses the group before writing anything.
+    store.link.nodeOf = () => 'stale:0';
+    try {
+      const clients = Array.from({ length: 50 }, (_, i) => `10.9.0.${i + 1}`);
+      const first = await store.count(clients.map((client) => ({ client, hits: [2], at: T0 })));
+      assert.ok(first.every((r) => !r.tripped && r.counts[0] === 2), JSON.stringify(first.slice(0, 3)));
+      const second = await store.count(clients.map((client) => ({ client, hits: [1], at: T0 + 1 })));
+      assert.ok(second.every((r) => r.tripped && r.counts[0] === 3), JSON.stringify(second.slice(0, 3)));
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -25,3 +25,16 @@ test('slots without an owner, an owner announced without a host, and a reply tha
   assert.equal(unansweredOwner(hostless, '10.0.0.9', ALL), 'master 10.0.0.9:7001, which holds slots 0-16383, does not answer');
   assert.equal(unansweredOwner('OK', '10.0.0.1', ALL), 'CLUSTER SLOTS gave no slot map');
 });
+
+test('key slots as Redis Cluster computes them: CRC16 of the hash tag or the whole key', async () => {
+  const { keySlot } = await import('../../../src/redis/keys.js');
+  // CRC16/XMODEM("123456789") = 0x31C3; 12739 = 0x31C3 mod 16384.
+  assert.equal(keySlot('123456789'), 12739);
+  assert.equal(keySlot('foo'), 12182);
+  assert.equal(keySlot('{user1000}.following'), keySlot('{user1000}.followers'));
+  assert.equal(keySlot('{user1000}.following'), keySlot('user1000'));
+  // An empty tag is no tag: the whole key counts.
+  assert.equal(keySlot('foo{}{bar}'), keySlot('foo{}{bar}'));
+  assert.notEqual(keySlot('foo{}{bar}'), keySlot('bar'));
+  assert.equal(keySlot('foo{{bar}}zap'), keySlot('{bar'));
+});
