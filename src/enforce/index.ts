@@ -19,7 +19,7 @@ export function makeBackend(kind: BackendKind, firewall: Config['firewall'], run
         table: firewall.table, hook: firewall.hook, priority: firewall.priority, ipv6Prefix, maxBlocks: firewall.maxBlocks,
       });
     case 'ipset':
-      return new IpsetBackend(run, { table: firewall.table, hook: firewall.hook, maxElements: firewall.maxBlocks });
+      return new IpsetBackend(run, { table: firewall.table, hook: firewall.hook, maxElements: firewall.maxBlocks, ipv6Prefix });
     case 'iptables':
       return new IptablesBackend(run, { table: firewall.table, hook: firewall.hook });
     case 'dry-run':

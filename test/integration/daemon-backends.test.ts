@@ -53,11 +53,12 @@ const ipset: Flavour = {
   backend: 'ipset',
   tools: ['ipset', 'iptables', 'ip6tables'],
   async entries(ns, family) {
-    const text = (await ns.run('ipset', ['list', `rated-v${family}`])).stdout;
-    return (text.split('\nMembers:\n')[1] ?? '').split('\n').filter((l) => l.trim() !== '').map((l) => {
+    // Addresses (and IPv6 clients) in rated-vN, other networks in rated-vNnet.
+    const texts = [(await ns.run('ipset', ['list', `rated-v${family}`])).stdout, (await ns.run('ipset', ['list', `rated-v${family}net`])).stdout];
+    return texts.flatMap((text) => (text.split('\nMembers:\n')[1] ?? '').split('\n').filter((l) => l.trim() !== '').map((l) => {
       const m = /^(\S+)(?: timeout (\d+))?/.exec(l.trim());
       return { val: m?.[1] ?? l, timeout: m?.[2] === undefined ? null : Number(m[2]) };
-    });
+    }));
   },
   async structure(ns) {
     const rules = [...await lines(ns, 'iptables', ['-w', '-S', 'INPUT']), ...await lines(ns, 'ip6tables', ['-w', '-S', 'INPUT'])];
@@ -198,7 +199,8 @@ for (const flavour of [ipset, iptables]) {
     test(`the daemon starts on ${flavour.backend} and builds its structure next to the foreign rules`, async () => {
       assert.equal(rated?.started.backend, flavour.backend);
       const structure = await flavour.structure(srv);
-      assert.equal(structure.length, 4, `two rules and two sets, or two chains and two jumps: ${JSON.stringify(structure)}`);
+      // ipset: four sets (v4 hash:ip, v6, v4net, v6net) and a rule each; iptables: two chains and two jumps.
+      assert.equal(structure.length, flavour.backend === 'ipset' ? 8 : 4, `our rules and sets, or chains and jumps: ${JSON.stringify(structure)}`);
       assert.equal(await flavour.foreign(srv), foreignBefore);
     });
 

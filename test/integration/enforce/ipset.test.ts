@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { clientKey, parseAddress, type Network } from '../../../src/address.js';
 import { IpsetBackend, type IpsetOptions } from '../../../src/enforce/ipset.js';
-import { createNamespace, type Namespace } from '../../helpers/netns.js';
+import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
@@ -16,6 +16,8 @@ const TOOLS = ['ipset', 'iptables', 'ip6tables', 'ip'];
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
 const RULE4 = '-A INPUT -m set --match-set rated-v4 src -j DROP';
 const RULE6 = '-A INPUT -m set --match-set rated-v6 src -j DROP';
+const RULE4NET = '-A INPUT -m set --match-set rated-v4net src -j DROP';
+const RULE6NET = '-A INPUT -m set --match-set rated-v6net src -j DROP';
 const FOREIGN_RULE = '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT';
 
 let shared: Namespace | undefined;
@@ -88,7 +90,7 @@ async function foreign(ns: Namespace): Promise<string> {
 
 
 
-test('ensure creates two hash:net sets with timeouts and one rule each at the top of INPUT; twice changes nothing', async (t) => {
+test('ensure creates the four sets (hash:ip for IPv4 addresses, hash:net for the rest) with timeouts and counters, one rule each at the top of INPUT; twice changes nothing', async (t) => {
   const ns = setup(t);
   if (!ns) return;
   const before = await createForeign(ns);
@@ -96,13 +98,13 @@ test('ensure creates two hash:net sets with timeouts and one rule each at the to
   assert.equal((await backend.check()).intact, false);
 
   await backend.ensure();
-  for (const [set, family] of [['rated-v4', 'inet'], ['rated-v6', 'inet6']] as const) {
+  for (const [set, type, family] of [['rated-v4', 'hash:ip', 'inet'], ['rated-v6', 'hash:net', 'inet6'], ['rated-v4net', 'hash:net', 'inet'], ['rated-v6net', 'hash:net', 'inet6']] as const) {
     const header = (await ns.run('ipset', ['list', '-terse', set])).stdout;
-    assert.match(header, /^Type: hash:net$/m);
-    assert.match(header, new RegExp(`^Header: family ${family} hashsize 1024 maxelem 1048576 timeout 0 `, 'm'));
+    assert.match(header, new RegExp(`^Type: ${type}$`, 'm'), set);
+    assert.match(header, new RegExp(`^Header: family ${family} hashsize 1024 maxelem 1048576 timeout 0 counters `, 'm'), set);
   }
-  assert.deepEqual((await input(ns, 'iptables')).slice(0, 2), ['-P INPUT ACCEPT', RULE4], 'the v4 rule is first in INPUT');
-  assert.deepEqual((await input(ns, 'ip6tables')).slice(0, 2), ['-P INPUT ACCEPT', RULE6], 'the v6 rule is first in INPUT');
+  assert.deepEqual((await input(ns, 'iptables')).slice(0, 3), ['-P INPUT ACCEPT', RULE4, RULE4NET], 'the v4 rules are first in INPUT');
+  assert.deepEqual((await input(ns, 'ip6tables')).slice(0, 3), ['-P INPUT ACCEPT', RULE6, RULE6NET], 'the v6 rules are first in INPUT');
   assert.deepEqual(await backend.check(), { intact: true, droppedPackets: 0, dropped: { ipv4: { packets: 0, bytes: 0 }, ipv6: { packets: 0, bytes: 0 } } });
 
   backend.add(net('198.51.100.7'), 600_000, false);
@@ -125,7 +127,7 @@ test('a set of our name that cannot do the job is reported and left alone', asyn
   await ns.run('ipset', ['create', 'rated-v4', 'hash:ip']);
   const backend = new IpsetBackend(ns.runner, OPTS);
   await assert.rejects(backend.ensure(), (err: Error) => {
-    assert.match(err.message, /^ipset: set rated-v4 exists as hash:ip family inet without timeout; rated needs hash:net family inet with timeout: remove that set or choose another firewall\.table$/);
+    assert.match(err.message, /^ipset: set rated-v4 exists as hash:ip family inet without timeout; rated needs hash:ip family inet with timeout: remove that set or choose another firewall\.table$/);
     return true;
   });
   assert.match((await ns.run('ipset', ['list', '-terse', 'rated-v4'])).stdout, /^Type: hash:ip$/m, 'still the same set');
@@ -251,16 +253,17 @@ test('Blocker: unblock and flush touch our sets only', async (t) => {
     blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
     blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
     await blocker.settle();
-    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7', '203.0.113.0/24']);
+    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7']);
+    assert.deepEqual(await values(ns, 'rated-v4net'), ['203.0.113.0/24']);
 
     assert.ok(blocker.unblock(net('198.51.100.7')));
     await blocker.settle();
-    assert.deepEqual(await values(ns, 'rated-v4'), ['203.0.113.0/24']);
+    assert.deepEqual(await values(ns, 'rated-v4'), []);
+    assert.deepEqual(await values(ns, 'rated-v4net'), ['203.0.113.0/24']);
     assert.equal(await foreign(ns), before, 'unblock left the foreign rule and set alone');
 
     assert.equal(await blocker.flush(), 2);
-    assert.deepEqual(await values(ns, 'rated-v4'), []);
-    assert.deepEqual(await values(ns, 'rated-v6'), []);
+    for (const set of ['rated-v4', 'rated-v6', 'rated-v4net', 'rated-v6net']) assert.deepEqual(await values(ns, set), [], set);
     assert.equal((await backend.check()).intact, true, 'our sets and rules stay');
     assert.equal(await foreign(ns), before, 'flush left the foreign rule and set alone');
     assert.deepEqual(blocker.lastErrors, []);
@@ -290,9 +293,10 @@ test('Blocker: after `iptables -F INPUT` and `ipset destroy`, repair puts rules,
     assert.equal((await backend.check()).intact, true, 'sets and rules are back');
     assert.ok((await input(ns, 'iptables')).includes(RULE4));
     assert.equal((await input(ns, 'ip6tables')).filter((l) => l === RULE6).length, 1, 'the v6 rule that stayed is not doubled');
-    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7', '203.0.113.0/24']);
+    assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7']);
+    assert.deepEqual(await values(ns, 'rated-v4net'), ['203.0.113.0/24']);
     assert.deepEqual(await values(ns, 'rated-v6'), ['2001:db8:1:2::/64']);
-    const restored = (await members(ns, 'rated-v4')).find((m) => m.val === '203.0.113.0/24');
+    const restored = (await members(ns, 'rated-v4net')).find((m) => m.val === '203.0.113.0/24');
     assert.ok(restored?.timeout !== null && restored!.timeout > 290 && restored!.timeout <= 300, 'restored with its remaining time');
     assert.equal(metrics.driftRepairs, 1);
     assert.deepEqual(blocker.lastErrors, []);
@@ -301,3 +305,41 @@ test('Blocker: after `iptables -F INPUT` and `ipset destroy`, repair puts rules,
   }
 });
 
+
+test('the older layout (hash:net v4 and v6 holding every block) moves into the four sets with no packet passing', async (t) => {
+  const ns = setup(t, ['ping']);
+  if (!ns) return;
+  const peer = await createNamespace('rated-ipset-peer');
+  try {
+    await veth(ns, peer, { a: '10.66.0.1/24', b: '10.66.0.2/24' });
+    // What a rated before this layout left: two hash:net sets with timeouts and a rule each.
+    await ns.run('ipset', ['create', 'rated-v4', 'hash:net', 'family', 'inet', 'timeout', '0']);
+    await ns.run('ipset', ['create', 'rated-v6', 'hash:net', 'family', 'inet6', 'timeout', '0']);
+    await ns.run('ipset', ['-exist', 'restore'], [
+      'add rated-v4 10.66.0.2 timeout 600', 'add rated-v4 203.0.113.0/24 timeout 300',
+      'add rated-v6 2001:db8:1::/64 timeout 600', 'add rated-v6 2001:db8::/48 timeout 300', ''].join('\n'));
+    await ns.run('iptables', ['-w', '-I', 'INPUT', '-m', 'set', '--match-set', 'rated-v4', 'src', '-j', 'DROP']);
+    await ns.run('ip6tables', ['-w', '-I', 'INPUT', '-m', 'set', '--match-set', 'rated-v6', 'src', '-j', 'DROP']);
+    assert.notEqual((await peer.exec('ping', ['-n', '-c1', '-W1', '10.66.0.1'])).exitCode, 0, 'blocked before the upgrade');
+
+    // The blocked peer sends all through the upgrade: not one reply may come back.
+    const flood = peer.exec('ping', ['-n', '-i', '0.01', '-c', '300', '-W', '1', '10.66.0.1']);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const backend = new IpsetBackend(ns.runner, OPTS);
+    await backend.ensure();
+    const pinged = await flood;
+    assert.match(pinged.stdout, / 0 received/, pinged.stdout);
+
+    assert.match((await ns.run('ipset', ['list', '-terse', 'rated-v4'])).stdout, /^Type: hash:ip$/m);
+    assert.deepEqual(await values(ns, 'rated-v4'), ['10.66.0.2']);
+    assert.deepEqual(await values(ns, 'rated-v4net'), ['203.0.113.0/24']);
+    assert.deepEqual(await values(ns, 'rated-v6'), ['2001:db8:1::/64']);
+    assert.deepEqual(await values(ns, 'rated-v6net'), ['2001:db8::/48']);
+    const moved = (await members(ns, 'rated-v4')).find((m) => m.val === '10.66.0.2');
+    assert.ok(moved?.timeout !== null && moved!.timeout > 590 && moved!.timeout <= 600, `kept its time left: ${JSON.stringify(moved)}`);
+    assert.equal((await backend.check()).intact, true);
+    assert.equal((await input(ns, 'iptables')).filter((l) => l === RULE4).length, 1);
+  } finally {
+    await peer.delete();
+  }
+});

@@ -19,19 +19,21 @@ function del(text: string): Op {
   return { kind: 'delete', net: net(text), timeoutMs: 0, replace: false };
 }
 
-test('createArgs: hash:net with timeouts and explicit sizes, one set per family, -exist', () => {
-  assert.deepEqual(createArgs(OPTS, 4),
-    ['create', 'rated-v4', 'hash:net', 'family', 'inet', 'hashsize', '1024', 'maxelem', '1048576', 'timeout', '0', '-exist']);
-  assert.deepEqual(createArgs({ ...OPTS, table: 'web', maxElements: 8 }, 6),
-    ['create', 'web-v6', 'hash:net', 'family', 'inet6', 'hashsize', '1024', 'maxelem', '8', 'timeout', '0', '-exist']);
+test('createArgs: hash:ip for IPv4 addresses, hash:net for the rest, with timeouts, counters and explicit sizes, -exist', () => {
+  assert.deepEqual(createArgs(OPTS, 'v4'),
+    ['create', 'rated-v4', 'hash:ip', 'family', 'inet', 'hashsize', '1024', 'maxelem', '1048576', 'timeout', '0', 'counters', '-exist']);
+  assert.deepEqual(createArgs({ ...OPTS, table: 'web', maxElements: 8 }, 'v6'),
+    ['create', 'web-v6', 'hash:net', 'family', 'inet6', 'hashsize', '1024', 'maxelem', '8', 'timeout', '0', 'counters', '-exist']);
+  assert.deepEqual(createArgs(OPTS, 'v4net').slice(1, 5), ['rated-v4net', 'hash:net', 'family', 'inet']);
+  assert.deepEqual(createArgs(OPTS, 'v6net').slice(1, 5), ['rated-v6net', 'hash:net', 'family', 'inet6']);
 });
 
-test('matchRule: one DROP rule per family matching the source against our set', () => {
-  assert.deepEqual(matchRule('rated', 4), ['-m', 'set', '--match-set', 'rated-v4', 'src', '-j', 'DROP']);
-  assert.deepEqual(matchRule('rated', 6), ['-m', 'set', '--match-set', 'rated-v6', 'src', '-j', 'DROP']);
+test('matchRule: one DROP rule per set matching the source against it', () => {
+  assert.deepEqual(matchRule('rated', 'v4'), ['-m', 'set', '--match-set', 'rated-v4', 'src', '-j', 'DROP']);
+  assert.deepEqual(matchRule('rated', 'v6net'), ['-m', 'set', '--match-set', 'rated-v6net', 'src', '-j', 'DROP']);
 });
 
-test('renderOps: one line per change, the family picks the set, deletes carry no timeout', () => {
+test('renderOps: one line per change, the address picks the set, deletes carry no timeout', () => {
   const script = renderOps('rated', [
     del('192.0.2.9'),
     add('198.51.100.7', 600_000),
@@ -42,9 +44,9 @@ test('renderOps: one line per change, the family picks the set, deletes carry no
   assert.equal(script, [
     'del rated-v4 192.0.2.9',
     'add rated-v4 198.51.100.7 timeout 600',
-    'add rated-v4 203.0.113.0/24 timeout 60',
+    'add rated-v4net 203.0.113.0/24 timeout 60',
     'add rated-v6 2001:db8:1:2::/64 timeout 300',
-    'del rated-v6 2001:db8::1',
+    'del rated-v6net 2001:db8::1',
     '',
   ].join('\n'));
 });
@@ -89,9 +91,11 @@ add rated-v6 ::ffff:0.0.0.0/96 timeout 99
 
 test('parseHeader: type, family, maxelem, timeout support and the number of entries', () => {
   const ours = 'Name: rated-v4\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 4 timeout 0 bucketsize 12 initval 0x9e02b0b1\nSize in memory: 520\nReferences: 1\nNumber of entries: 3\n';
-  assert.deepEqual(parseHeader(ours), { type: 'hash:net', family: 'inet', maxelem: 4, timeout: true, entries: 3 });
+  assert.deepEqual(parseHeader(ours), { type: 'hash:net', family: 'inet', maxelem: 4, timeout: true, counters: false, entries: 3 });
   const foreign = 'Name: rated-v4\nType: hash:ip\nRevision: 6\nHeader: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n';
-  assert.deepEqual(parseHeader(foreign), { type: 'hash:ip', family: 'inet', maxelem: 65536, timeout: false, entries: null });
+  assert.deepEqual(parseHeader(foreign), { type: 'hash:ip', family: 'inet', maxelem: 65536, timeout: false, counters: false, entries: null });
+  const counted = 'Name: rated-v4\nType: hash:ip\nRevision: 6\nHeader: family inet hashsize 1024 maxelem 8 timeout 0 counters bucketsize 12 initval 0x1\n';
+  assert.equal(parseHeader(counted)?.counters, true);
   assert.equal(parseHeader('garbage'), null);
 });
 
@@ -100,7 +104,7 @@ test('parseHeader: type, family, maxelem, timeout support and the number of entr
  * order and stops at the first one it refuses, naming it like ipset does.
  */
 function fakeIpset(options: { maxelem: number; poison?: string }) {
-  const sets = new Map<string, Map<string, number>>([['rated-v4', new Map()], ['rated-v6', new Map()]]);
+  const sets = new Map<string, Map<string, number>>(['rated-v4', 'rated-v6', 'rated-v4net', 'rated-v6net'].map((n) => [n, new Map<string, number>()]));
   const scripts: string[] = [];
   const runner: Runner = async (file, args, input): Promise<CommandResult> => {
     assert.equal(file, 'ipset');
@@ -178,4 +182,9 @@ test('commit: a network that is not validator output never reaches the script', 
   assert.deepEqual(result.failed.map((f) => f.net), [hostile, everything]);
   assert.equal(result.applied, 1);
   assert.deepEqual(fake.scripts, ['add rated-v4 192.0.2.2 timeout 60\n']);
+});
+
+test('parseSave: the packets and bytes each element counted', () => {
+  const save = 'create rated-v4 hash:ip family inet hashsize 1024 maxelem 8 timeout 0 counters\nadd rated-v4 192.0.2.1 timeout 59 packets 12 bytes 720\nadd rated-v4 192.0.2.2 timeout 9\n';
+  assert.deepEqual(parseSave(save, 'rated-v4', 4, 0).map((e) => [e.net.text, e.dropped]), [['192.0.2.1', { packets: 12, bytes: 720 }], ['192.0.2.2', null]]);
 });
