@@ -342,11 +342,16 @@ describe('systemd/rated.service under systemd, in a throwaway container', { skip
 
     const stop = await systemctl('stop', 'rated.service');
     assert.equal(stop.exitCode, 0, stop.stderr);
-    for (const [tool, family] of [['iptables', 4], ['ip6tables', 6]] as const) {
-      const r = await inside(tool, ['-w', '-D', 'INPUT', '-m', 'set', '--match-set', `rated-v${family}`, 'src', '-j', 'DROP']);
-      assert.equal(r.exitCode, 0, `${tool} -D: ${r.stderr}`);
-      const d = await inside('ipset', ['destroy', `rated-v${family}`]);
-      assert.equal(d.exitCode, 0, `ipset destroy rated-v${family}: ${d.stderr}`);
+    // The uninstall steps of docs/service.md: each set's rule, then the sets.
+    for (const [tool, set] of [['iptables', 'rated-v4'], ['iptables', 'rated-v4net'], ['ip6tables', 'rated-v6'], ['ip6tables', 'rated-v6net']] as const) {
+      const r = await inside(tool, ['-w', '-D', 'INPUT', '-m', 'set', '--match-set', set, 'src', '-j', 'DROP']);
+      assert.equal(r.exitCode, 0, `${tool} -D ${set}: ${r.stderr}`);
+    }
+    const d = await inside('ipset', ['destroy', 'rated-v4']);
+    assert.equal(d.exitCode, 0, `ipset destroy rated-v4: ${d.stderr}`);
+    for (const set of ['rated-v4net', 'rated-v6', 'rated-v6net']) {
+      const x = await inside('ipset', ['destroy', set]);
+      assert.equal(x.exitCode, 0, `ipset destroy ${set}: ${x.stderr}`);
     }
     const rules = `${(await inside('iptables', ['-w', '-S'])).stdout}${(await inside('ip6tables', ['-w', '-S'])).stdout}`;
     assert.doesNotMatch(rules, /rated/);
