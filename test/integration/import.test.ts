@@ -7,15 +7,15 @@
 // with exit 2 and nothing half-applied.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cleanUp } from '../helpers/cleanup.js';
 import { makeFail2banDb } from '../helpers/fail2ban.js';
 import { kernelElements } from '../helpers/kernel-set.js';
-import { createNamespace, veth, type Namespace } from '../helpers/netns.js';
+import type { Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
-import { ratedCli, startRated, type Rated } from '../helpers/rated.js';
+import { startRated, type CliResult, type Rated } from '../helpers/rated.js';
+import { serverLab, type ServerLab } from '../helpers/server-lab.js';
 import { waitFor } from '../helpers/wait-for.js';
 
 const TOOLS = ['ip', 'nft', 'ping', 'python3', 'fail2ban-server'];
@@ -26,38 +26,22 @@ const BAD = '10.89.1.2';
 interface BlockJson { ip: string; reason: string | null; source: string; expires: string | null }
 
 describe('rated import and export', { skip: SKIP }, () => {
+  let lab: ServerLab | undefined;
   let srv: Namespace | undefined;
-  let bad: Namespace | undefined;
   let dir = '';
   let config = '';
   let socket = '';
   let rated: Rated | undefined;
 
   before(async () => {
-    srv = await createNamespace('rtd-imp');
-    bad = await createNamespace('rtd-impb');
-    await veth(srv, bad, { a: `${SRV}/24`, b: `${BAD}/24` });
-    dir = mkdtempSync(join(tmpdir(), 'rated-import-'));
-    const state = join(dir, 'state');
-    mkdirSync(state, { mode: 0o750 });
-    socket = join(dir, 'rated.sock');
-    config = join(dir, 'rated.yml');
-    writeFileSync(config, [
-      'receivers:',
-      '  http: { address: 127.0.0.1, port: 8080 }',
-      'rules:',
-      '  - { name: flood, limit: 100, window: 60s, block: 10m }',
-      'allow: [127.0.0.0/8, "::1/128", 198.51.100.0/24]',
-      `control: { socket: ${socket} }`,
-      `state: { dir: ${state} }`,
-      '',
-    ].join('\n'));
+    lab = await serverLab({ name: 'imp', server: SRV, client: BAD, block: '10m', allow: ['198.51.100.0/24'] });
+    ({ srv, dir, config, socket } = lab);
   });
 
-  after(() => cleanUp([() => rated?.stop(), () => bad?.delete(), () => srv?.delete(), () => rmSync(dir, { recursive: true, force: true })]));
+  after(() => cleanUp([() => rated?.stop(), () => lab?.cleanup()]));
 
-  const ping = async (): Promise<boolean> => (await bad!.exec('ping', ['-n', '-c1', '-W1', SRV])).exitCode === 0;
-  const cli = (args: readonly string[], input?: string) => ratedCli(srv!, [...args, '-c', config, '--socket', socket], { timeoutMs: 60_000, ...(input === undefined ? {} : { input }) });
+  const ping = (): Promise<boolean> => lab!.ping();
+  const cli = (args: readonly string[], input?: string): Promise<CliResult> => lab!.cli(args, input);
   async function list(): Promise<BlockJson[]> {
     const r = await cli(['list', '--json']);
     assert.equal(r.code, 0, r.stderr);

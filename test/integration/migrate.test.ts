@@ -7,14 +7,12 @@
 // (source migrated), and a second run changes nothing.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { cleanUp } from '../helpers/cleanup.js';
 import { kernelElements } from '../helpers/kernel-set.js';
-import { createNamespace, veth, type Namespace } from '../helpers/netns.js';
+import type { Namespace } from '../helpers/netns.js';
 import { missingPrereqs, prereqsMet } from '../helpers/prereq.js';
-import { ratedCli, startRated, type Rated } from '../helpers/rated.js';
+import { startRated, type CliResult, type Rated } from '../helpers/rated.js';
+import { serverLab, type ServerLab } from '../helpers/server-lab.js';
 
 const TOOLS = ['ip', 'nft', 'ping', 'iptables-nft-restore', 'ip6tables-nft-restore', 'iptables-legacy-restore'];
 const SKIP = prereqsMet(TOOLS) ? false : `needs ${missingPrereqs(TOOLS).join(', ')}`;
@@ -44,32 +42,16 @@ const FOREIGN_V4 = [
 ];
 
 describe('rated migrate iptables', { skip: SKIP }, () => {
+  let lab: ServerLab | undefined;
   let srv: Namespace | undefined;
   let bad: Namespace | undefined;
-  let dir = '';
   let config = '';
   let socket = '';
   let rated: Rated | undefined;
 
   before(async () => {
-    srv = await createNamespace('rtd-mig');
-    bad = await createNamespace('rtd-migb');
-    await veth(srv, bad, { a: `${SRV}/24`, b: `${BAD}/24` });
-    dir = mkdtempSync(join(tmpdir(), 'rated-migrate-'));
-    const state = join(dir, 'state');
-    mkdirSync(state, { mode: 0o750 });
-    socket = join(dir, 'rated.sock');
-    config = join(dir, 'rated.yml');
-    writeFileSync(config, [
-      'receivers:',
-      '  http: { address: 127.0.0.1, port: 8080 }',
-      'rules:',
-      '  - { name: flood, limit: 100, window: 60s, block: 6h }',
-      'allow: [127.0.0.0/8, "::1/128", 198.51.100.0/24]',
-      `control: { socket: ${socket} }`,
-      `state: { dir: ${state} }`,
-      '',
-    ].join('\n'));
+    lab = await serverLab({ name: 'mig', server: SRV, client: BAD, block: '6h', allow: ['198.51.100.0/24'] });
+    ({ srv, client: bad, config, socket } = lab);
     const restore = async (tool: string, text: string): Promise<void> => {
       const r = await srv!.exec(tool, ['--noflush'], text);
       assert.equal(r.exitCode, 0, `${tool}: ${r.stderr}`);
@@ -80,9 +62,9 @@ describe('rated migrate iptables', { skip: SKIP }, () => {
     await restore('iptables-legacy-restore', '*filter\n-A INPUT -s 192.0.2.30/32 -j DROP\nCOMMIT\n');
   });
 
-  after(() => cleanUp([() => rated?.stop(), () => bad?.delete(), () => srv?.delete(), () => rmSync(dir, { recursive: true, force: true })]));
+  after(() => cleanUp([() => rated?.stop(), () => lab?.cleanup()]));
 
-  const cli = (args: readonly string[]) => ratedCli(srv!, [...args, '-c', config, '--socket', socket], { timeoutMs: 120_000 });
+  const cli = (args: readonly string[]): Promise<CliResult> => lab!.cli(args);
   async function saved(tool: string): Promise<string[]> {
     const r = await srv!.exec(tool, ['-t', 'filter']);
     assert.equal(r.exitCode, 0, r.stderr);
