@@ -3,6 +3,7 @@
  * how it is shown (SPEC §6), and what may be blocked at all.
  */
 import { parseNetwork, type Family, type Network } from './address.js';
+import { parseDuration } from './duration.js';
 import { RatedError } from './errors.js';
 
 export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled' | 'migrated';
@@ -109,4 +110,11 @@ export function parseBlockTarget(input: string): Network {
     throw new RatedError('USAGE', `${net.text} is too wide: networks wider than /${WIDEST[net.family]} are never blocked`);
   }
   return net;
+}
+
+/** The duration of a manual block (`--for`, a batch entry's `for`) in milliseconds; a usage error naming it otherwise. */
+export function parseBlockDuration(input: string | number): number {
+  const ms = parseDuration(input);
+  if (ms === null || ms <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(input)}`);
+  return ms;
 }

@@ -304,8 +304,7 @@ export class IpsetBackend extends QueuedBackend implements Backend {
   private async upgradeV4(): Promise<void> {
     const table = this.options.table;
     const old = await this.listSet('v4');
-    const now = Date.now();
-    const left = (e: KernelEntry): number => (e.expiresAt === null ? 0 : Math.max(1, Math.ceil((e.expiresAt - now) / 1000)));
+    const left = secondsLeft(Date.now());
     await this.script(old.map((e) => `add ${setName(table, 'v4net')} ${e.net.text} timeout ${left(e)}\n`).join(''));
     await xt(this.run, 4, this.anchor.table, ['-D', this.anchor.chain, ...matchRule(table, 'v4')]);
     const destroy = await this.run('ipset', ['destroy', setName(table, 'v4')]);
@@ -322,11 +321,8 @@ export class IpsetBackend extends QueuedBackend implements Backend {
     const table = this.options.table;
     const moving = (await this.listSet(kind)).filter((e) => out(e.net));
     if (moving.length === 0) return;
-    const now = Date.now();
-    await this.script(moving.map((e) => {
-      const seconds = e.expiresAt === null ? 0 : Math.max(1, Math.ceil((e.expiresAt - now) / 1000));
-      return `add ${setName(table, kindOf(e.net, this.ipv6Prefix))} ${e.net.text} timeout ${seconds}\n`;
-    }).join(''));
+    const left = secondsLeft(Date.now());
+    await this.script(moving.map((e) => `add ${setName(table, kindOf(e.net, this.ipv6Prefix))} ${e.net.text} timeout ${left(e)}\n`).join(''));
     await this.script(moving.map((e) => `del ${setName(table, kind)} ${e.net.text}\n`).join(''));
   }
 
@@ -361,6 +357,11 @@ export class IpsetBackend extends QueuedBackend implements Backend {
 
 function usable(kind: SetKind, header: SetHeader): boolean {
   return header.type === typeOf(kind) && header.family === (familyOf(kind) === 4 ? 'inet' : 'inet6') && header.timeout;
+}
+
+/** An element's time left as an ipset timeout, in whole seconds (0: it had none, and gets none). */
+function secondsLeft(now: number): (e: KernelEntry) => number {
+  return (e) => (e.expiresAt === null ? 0 : Math.max(1, Math.ceil((e.expiresAt - now) / 1000)));
 }
 
 /** The v4 set of the older layout: a hash:net with timeouts that held every IPv4 block. */

@@ -1,6 +1,5 @@
 import { clientKey, contains, neverAClient, type Network } from '../address.js';
-import { parseBlockTarget, viewBlock, type BatchResult, type Block, type BlockView, type ManualBlock } from '../block.js';
-import { parseDuration } from '../duration.js';
+import { parseBlockDuration, parseBlockTarget, viewBlock, type BatchResult, type Block, type BlockView, type ManualBlock } from '../block.js';
 import { RatedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Verdict } from '../limit/limiter.js';
@@ -128,12 +127,7 @@ export class Operator {
     if (this.o.isAllowed(net)) {
       throw new RatedError('REFUSED', `${net.text} is allow-listed (${this.o.whyAllowed?.(net) ?? 'allow, allowSelf'}) and is never blocked`);
     }
-    let durationMs = this.o.defaultBlockMs;
-    if (input.for !== undefined) {
-      const parsed = parseDuration(input.for);
-      if (parsed === null || parsed <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(input.for)}`);
-      durationMs = parsed;
-    }
+    const durationMs = input.for === undefined ? this.o.defaultBlockMs : parseBlockDuration(input.for);
     const reason = input.reason === undefined ? source : input.reason.slice(0, 200);
     return { net, durationMs, source, rule: null, reason, hits: null };
   }

@@ -1,6 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import type { BatchResult, BlockView, ManualBlock } from '../../block.js';
-import { parseDuration } from '../../duration.js';
+import { parseBlockDuration, type BatchResult, type BlockView, type ManualBlock } from '../../block.js';
 import { RatedError } from '../../errors.js';
 import { FORMATS, ImportReader, type ImportSource } from '../../import/sources.js';
 import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
@@ -30,10 +29,7 @@ export async function importCommand(args: ImportArgs): Promise<void> {
   if (files.filter((f) => f === '-').length > 1) throw new RatedError('USAGE', 'stdin (-) can be read only once');
   const format = args.format ?? 'auto';
   if (!(FORMATS as readonly string[]).includes(format)) throw new RatedError('USAGE', `--format: expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(format)}`);
-  if (args.for !== undefined) {
-    const ms = parseDuration(args.for);
-    if (ms === null || ms <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(args.for)}`);
-  }
+  if (args.for !== undefined) parseBlockDuration(args.for);
   const reader = new ImportReader({ now: Date.now(), ...(args.reason === undefined ? {} : { reason: args.reason }) });
   // Every file is read before anything is blocked: a bad one changes nothing.
   for (const name of files) await reader.read(await readSource(name), format);
@@ -153,10 +149,7 @@ export type MigrateArgs = GlobalArgs & { from: string; for?: string; dryRun?: bo
  */
 export async function migrate(args: MigrateArgs): Promise<void> {
   if (args.from !== 'iptables') throw new RatedError('USAGE', `migrate: expected "iptables" (the rated of 2014's rules), got ${JSON.stringify(args.from)}`);
-  if (args.for !== undefined) {
-    const ms = parseDuration(args.for);
-    if (ms === null || ms <= 0) throw new RatedError('USAGE', `--for: expected a duration like "90s", "10m", "6h", "1d", at most 3650d, got ${JSON.stringify(args.for)}`);
-  }
+  if (args.for !== undefined) parseBlockDuration(args.for);
   const { createRunner } = await import('../../run-command.js');
   const { readFootprint, removeRules, toolsOnPath } = await import('../../import/iptables.js');
   const run = createRunner({ timeoutMs: 120_000 });
