@@ -3,15 +3,15 @@ import { format } from 'node:util';
 
 export type { Logger };
 
-/** Lines are gathered up to this many bytes, or this long, before one write. */
+/** Lines are gathered up to this many bytes before one write. */
 const LOG_BUFFER_BYTES = 8 * 1024;
-const LOG_FLUSH_MS = 50;
 
 /**
  * The daemon's logger: pino JSON lines on stdout. A storm of 100,000 blocks
- * writes 100,000 lines: they are gathered and written 8 KiB at a time (at
- * the latest 50 ms after the first), not with one system call each; an exit
- * writes what is left.
+ * writes 100,000 lines: they are gathered and written 8 KiB at a time, not
+ * with one system call each; what is left is written at the end of the same
+ * turn of the event loop (so a line is out before anything that turn
+ * decided is seen by a client), and at exit.
  */
 export function createLogger(level: string, destination: pino.DestinationStream | number = 1): Logger {
   const stream = typeof destination === 'number' ? buffered(destination) : destination;
@@ -25,17 +25,27 @@ function buffered(fd: number): pino.DestinationStream {
   const known = streams.get(fd);
   if (known) return known;
   const boom = pino.destination({ dest: fd, sync: true, minLength: LOG_BUFFER_BYTES });
+  let scheduled = false;
   const flush = (): void => {
+    scheduled = false;
     try {
       boom.flushSync();
     } catch {
       // the descriptor is gone (a closed pipe): nothing to do
     }
   };
-  setInterval(flush, LOG_FLUSH_MS).unref();
   process.once('exit', flush);
-  streams.set(fd, boom);
-  return boom;
+  const stream = {
+    write(line: string): void {
+      boom.write(line);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    },
+  };
+  streams.set(fd, stream);
+  return stream;
 }
 
 /**
