@@ -35,7 +35,7 @@ export interface CoreOptions {
   readonly sharing?: () => (DecisionSharing & { count(client: Network, rule: number, at: number): void }) | null;
   /** Called after each change of the blocks. */
   readonly onChange?: () => void;
-  /** Writes the journal after changes (the daemon); without it the caller writes it. */
+  /** Appends each change to the journal (the daemon); without it the caller writes it. */
   readonly autosave: boolean;
   /** Programs run on each block and unblock decided here (the daemon, when hooks are configured). */
   readonly hooks?: Hooks | null;
@@ -57,10 +57,8 @@ export function assemble(o: CoreOptions): Core {
   core.blocker = new Blocker({
     backend: o.backend, isAllowed, log: o.log, metrics: o.metrics, now: o.now, systemNow: Date.now,
     onLift: (net) => core.limiter.forget(net),
-    onChange: () => {
-      if (o.autosave) core.keeper?.schedule();
-      o.onChange?.();
-    },
+    onChange: o.onChange,
+    record: o.autosave ? { put: (b) => core.keeper?.put(b), lift: (net) => core.keeper?.lift(net) } : undefined,
     reconciledBlockMs: defaultBlockMs(c),
     onEvent: o.hooks ? (event, block) => {
       if (DECIDED_HERE.has(block.source)) o.hooks?.fire(event, block);
@@ -74,6 +72,7 @@ export function assemble(o: CoreOptions): Core {
     ...limiterOptions(c), allow: o.allow, now: o.now,
     isBlocked: (client) => core.blocker.has(client),
     onCount: c.redis && o.sharing ? (client, rule, at) => o.sharing?.()?.count(client, rule, at) : undefined,
+    onOffence: o.autosave ? (key, offence) => core.keeper?.offence(key, offence) : undefined,
     onVerdict: (v) => {
       const refused = core.operator.convict(v);
       if (refused) refusals.warn('block refused', { ip: v.client.text, err: describe(refused) }, 'block refused');

@@ -40,8 +40,10 @@ export interface BlockerOptions {
   readonly metrics: Metrics;
   /** How long decisions are gathered into one transaction. */
   readonly batchDelayMs?: number;
-  /** Called after every change of the set of blocks (the journal listens). */
+  /** Called after every change of the set of blocks. */
   readonly onChange?: () => void;
+  /** Told of each block made or changed, and each lifted, for any cause (the journal). */
+  readonly record?: { put(block: Block): void; lift(net: Network): void };
   /** Called when a block is lifted by an operator (the limiter forgets the client). */
   readonly onLift?: (net: Network, cause: LiftCause) => void;
   /** Called for each new block decided here (not adopted) and each block lifted, for any cause (hooks). */
@@ -212,6 +214,7 @@ export class Blocker {
       existing.reason = req.reason ?? existing.reason;
       existing.hits = req.hits ?? existing.hits;
       existing.source = req.source;
+      this.options.record?.put(existing);
       this.changedDuringList?.add(existing.net.text);
       if (!this.coveredByOther(existing)) this.backend.add(existing.net, expires - now, true);
       this.logBlock(existing, req, 'extended');
@@ -508,6 +511,7 @@ export class Blocker {
 
   private insert(block: Block): void {
     this.blocks.set(block.net.text, block);
+    this.options.record?.put(block);
     if (block.expires !== null) this.expiry.push(block.expires, block);
     const key = `${block.net.family}/${block.net.prefix}`;
     let set = this.byLength.get(key);
@@ -517,6 +521,7 @@ export class Blocker {
 
   private remove(block: Block): void {
     this.blocks.delete(block.net.text);
+    this.options.record?.lift(block.net);
     this.refusals.delete(block.net.text);
     const key = `${block.net.family}/${block.net.prefix}`;
     const set = this.byLength.get(key);

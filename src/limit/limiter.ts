@@ -46,6 +46,8 @@ export interface LimiterOptions {
    * so the hit can be counted in a shared store too (see `convictShared`).
    */
   readonly onCount?: (client: Network, rule: number, at: number) => void;
+  /** Called when a client's offence history changes, or is forgotten (null): the journal listens. */
+  readonly onOffence?: (key: string, offence: Offence | null) => void;
   /** Wall clock for escalation memory, in ms since the epoch. @default Date.now */
   readonly now?: () => number;
 }
@@ -104,6 +106,7 @@ export class Limiter {
   private readonly isBlocked: (client: Network) => boolean;
   private readonly onVerdict: (v: Verdict) => void;
   private readonly onCount: ((client: Network, rule: number, at: number) => void) | undefined;
+  private readonly onOffence: ((key: string, offence: Offence | null) => void) | undefined;
   private readonly now: () => number;
   private readonly clients: LRUCache<CounterKey, number>;
   /** Offence history in order of last offence, oldest first; bounded by maxClients. */
@@ -138,6 +141,7 @@ export class Limiter {
     this.isBlocked = opts.isBlocked;
     this.onVerdict = opts.onVerdict;
     this.onCount = opts.onCount;
+    this.onOffence = opts.onOffence;
     this.now = opts.now ?? Date.now;
     // One slot more than maxClients: a new client takes its slot before
     // set() evicts the least recent one and frees another.
@@ -196,7 +200,7 @@ export class Limiter {
       // An address may be counted on its own (see record) or under its network.
       for (const n of [target, toNetwork(target, clientPrefix)]) {
         this.drop(counterKey(n));
-        this.offences.delete(n.text);
+        if (this.offences.delete(n.text)) this.onOffence?.(n.text, null);
       }
       return;
     }
@@ -206,7 +210,10 @@ export class Limiter {
       return n !== null && contains(target, n);
     };
     for (const key of [...this.clients.keys()].filter(inside)) this.clients.delete(key);
-    for (const key of [...this.offences.keys()].filter(inside)) this.offences.delete(key);
+    for (const key of [...this.offences.keys()].filter(inside)) {
+      this.offences.delete(key);
+      this.onOffence?.(key, null);
+    }
   }
 
   /**
@@ -314,6 +321,7 @@ export class Limiter {
     // Re-insert so the Map's order stays "least recent offence first".
     this.offences.delete(key);
     this.offences.set(key, offence);
+    this.onOffence?.(key, offence);
     if (this.offences.size > this.maxClients) {
       const oldest = this.offences.keys().next();
       if (oldest.done !== true) this.offences.delete(oldest.value);

@@ -1,10 +1,10 @@
 import {
-  closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync,
+  closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseNetwork } from '../address.js';
+import { parseNetwork, type Network } from '../address.js';
 import { SOURCES, type Block, type Source } from '../block.js';
 import { RatedError } from '../errors.js';
 
@@ -27,11 +27,18 @@ export interface JournalState {
   readonly rejected?: readonly string[];
 }
 
+/** A snapshot as read: its state and the first log generation written after it. */
+interface Snapshot extends JournalState {
+  readonly log: number;
+}
+
 /** The outcome of reading the journal. */
 export interface JournalLoad extends JournalState {
   /** Set when the file was unreadable and moved aside. */
   readonly movedAside: string | null;
   readonly error: string | null;
+  /** Lines read from the logs after the snapshot. */
+  readonly logged?: number;
 }
 
 interface StoredBlock {
@@ -48,16 +55,28 @@ interface StoredBlock {
 class Unusable extends Error {}
 
 /**
- * The journal of blocks under `state.dir`. Every write replaces the file
- * atomically (a new temporary file, fsync, rename), so a crash or a full disk
- * leaves the previous version intact; no file in the directory is ever
- * followed through a symbolic link.
+ * The journal of blocks under `state.dir`: a snapshot (`blocks.json`) and
+ * the changes made since, appended one line each to a log
+ * (`blocks-<generation>.log`), so a change costs one short write whatever
+ * the number of blocks. A snapshot replaces the file atomically (a new
+ * temporary file, fsync, rename) and names the first log generation after
+ * it; logs of older generations are then deleted. A crash or a full disk
+ * leaves the previous snapshot and every complete log line intact; no file in
+ * the directory is ever followed through a symbolic link.
  */
 export class Journal {
   readonly path: string;
+  /** The log generation changes are appended to now. */
+  private gen = 0;
+  private appender: { gen: number; file: FileHandle } | null = null;
 
   constructor(readonly dir: string) {
     this.path = join(dir, 'blocks.json');
+  }
+
+  /** The log of one generation. */
+  logPath(gen: number): string {
+    return join(this.dir, `blocks-${gen}.log`);
   }
 
   /**
@@ -66,17 +85,158 @@ export class Journal {
    * name of its own, never over an earlier one.
    */
   load(moveAside = true): JournalLoad {
+    const snapshot = this.loadSnapshot(moveAside);
+    const merged = new Merge(snapshot);
+    for (const gen of this.logsAfter(snapshot)) {
+      const text = this.readLog(gen, moveAside, merged);
+      if (text !== null) drain(merged.apply(gen, text));
+    }
+    return this.merged(snapshot, merged);
+  }
+
+  private loadSnapshot(moveAside: boolean): JournalLoad & { log: number } {
     let text: string;
     try {
       checkStateDir(this.dir);
       text = readJournal(this.path);
     } catch (err) {
-      return this.unread(err, moveAside);
+      return { ...this.unread(err, moveAside), log: 0 };
     }
     try {
       return { ...parseJournal(text), movedAside: null, error: null };
     } catch (err) {
-      return this.aside(moveAside, (err as Error).message);
+      return { ...this.aside(moveAside, (err as Error).message), log: 0 };
+    }
+  }
+
+  /**
+   * The logs to apply on top of a snapshot. Those of a snapshot that could
+   * not be used are changes to what is lost: they go aside with it.
+   */
+  private logsAfter(snapshot: JournalLoad & { log: number }): number[] {
+    if (snapshot.error === null) return this.logsFrom(snapshot.log);
+    if (snapshot.movedAside !== null) {
+      for (const gen of this.logsFrom(0)) {
+        try {
+          renameSync(this.logPath(gen), asideName(this.logPath(gen)));
+        } catch {
+          // left in place: a later snapshot deletes it
+        }
+      }
+    }
+    return [];
+  }
+
+  /** The generations of the logs on disk from `first` on, oldest first. */
+  private logsFrom(first: number): number[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch {
+      return [];
+    }
+    const gens: number[] = [];
+    for (const name of names) {
+      const m = /^blocks-(\d{1,15})\.log$/.exec(name);
+      if (m && Number(m[1]) >= first) gens.push(Number(m[1]));
+    }
+    return gens.sort((a, b) => a - b);
+  }
+
+  /** A log's text, or null when it cannot be used (then moved aside and said in `merge.errors`). */
+  private readLog(gen: number, moveAside: boolean, merge: Merge): string | null {
+    try {
+      return readJournal(this.logPath(gen));
+    } catch (err) {
+      return this.logUnread(gen, err, moveAside, merge);
+    }
+  }
+
+  private async readLogAsync(gen: number, moveAside: boolean, merge: Merge): Promise<string | null> {
+    try {
+      return await readJournalAsync(this.logPath(gen));
+    } catch (err) {
+      return this.logUnread(gen, err, moveAside, merge);
+    }
+  }
+
+  private logUnread(gen: number, err: unknown, moveAside: boolean, merge: Merge): null {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    const path = this.logPath(gen);
+    if (!(err instanceof Unusable) && code !== 'ELOOP') {
+      throw new RatedError('STATE_FAILED', `state.dir: cannot read ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    merge.errors.push(code === 'ELOOP' ? `${path} is a symbolic link, which is never followed` : (err as Error).message);
+    if (moveAside) {
+      try {
+        renameSync(path, asideName(path));
+      } catch {
+        // left in place; it is skipped again next time
+      }
+    }
+    return null;
+  }
+
+  /**
+   * The state the snapshot and its logs make together; appends go on in the
+   * newest log, or in a new one when that one ends in a torn line (a write
+   * cut short by a crash or a full disk).
+   */
+  private merged(snapshot: JournalLoad & { log: number }, merge: Merge): JournalLoad {
+    this.gen = Math.max(snapshot.log, merge.lastGen + (merge.torn ? 1 : 0));
+    return {
+      blocks: [...merge.blocks.values()],
+      offences: [...merge.offences],
+      // A log that cannot be read costs its own lines, never the rest.
+      rejected: [...(snapshot.rejected ?? []), ...merge.rejected, ...merge.errors],
+      movedAside: snapshot.movedAside,
+      error: snapshot.error,
+      logged: merge.lines,
+    };
+  }
+
+  /**
+   * Appends change lines (`blockLine`, `liftLine`, `offenceLine`) to the
+   * current log and waits until they are on disk; throws the file system's
+   * error. One call at a time.
+   */
+  async append(text: string): Promise<void> {
+    if (this.appender?.gen !== this.gen) {
+      await this.closeLog();
+      const gen = this.gen;
+      const file = await open(this.logPath(gen), LOG_FLAGS, 0o640);
+      try {
+        const st = await file.stat();
+        if (!st.isFile()) throw new RatedError('STATE_FAILED', `state.dir: ${this.logPath(gen)} is not a regular file`);
+        const dir = checkStateDir(this.dir);
+        if (process.getuid?.() === 0 && (dir.uid !== 0 || dir.gid !== 0) && st.uid === 0) await file.chown(dir.uid, dir.gid);
+      } catch (err) {
+        await file.close();
+        throw err;
+      }
+      this.appender = { gen, file };
+    }
+    await this.appender.file.writeFile(text, 'utf8');
+    await this.appender.file.datasync();
+  }
+
+  /** Closes the log being appended to. */
+  async closeLog(): Promise<void> {
+    const a = this.appender;
+    this.appender = null;
+    await a?.file.close().catch(() => undefined);
+  }
+
+  /** Deletes the logs a snapshot made of generation `gen` holds. */
+  private dropLogsBefore(gen: number): void {
+    for (const old of this.logsFrom(0)) {
+      if (old >= gen) break;
+      try {
+        unlinkSync(this.logPath(old));
+      } catch {
+        // gone already, or left for the next snapshot
+      }
     }
   }
 
@@ -87,17 +247,28 @@ export class Journal {
    * A journal in one line (as written before) is parsed in one go.
    */
   async loadAsync(moveAside = true): Promise<JournalLoad> {
+    const snapshot = await this.loadSnapshotAsync(moveAside);
+    const merged = new Merge(snapshot);
+    for (const gen of this.logsAfter(snapshot)) {
+      const text = await this.readLogAsync(gen, moveAside, merged);
+      if (text === null) continue;
+      for (const _ of merged.apply(gen, text)) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return this.merged(snapshot, merged);
+  }
+
+  private async loadSnapshotAsync(moveAside: boolean): Promise<JournalLoad & { log: number }> {
     let text: string;
     try {
       checkStateDir(this.dir);
       text = await readJournalAsync(this.path);
     } catch (err) {
-      return this.unread(err, moveAside);
+      return { ...this.unread(err, moveAside), log: 0 };
     }
     try {
       return { ...(await parseJournalLines(text)), movedAside: null, error: null };
     } catch (err) {
-      return this.aside(moveAside, (err as Error).message);
+      return { ...this.aside(moveAside, (err as Error).message), log: 0 };
     }
   }
 
@@ -107,6 +278,8 @@ export class Journal {
    * 130 MB), so receivers keep answering while it is written.
    */
   async saveAsync(state: JournalState): Promise<void> {
+    // Changes from now on go to the next log: the snapshot holds every one before.
+    const log = ++this.gen;
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
     const dir = checkStateDir(this.dir);
     const tmp = this.tempName();
@@ -114,7 +287,7 @@ export class Journal {
     try {
       file = await open(tmp, TEMP_FLAGS, 0o640);
       if (process.getuid?.() === 0 && (dir.uid !== 0 || dir.gid !== 0)) await file.chown(dir.uid, dir.gid);
-      for (const chunk of render(state)) {
+      for (const chunk of render(state, log)) {
         // writeFile writes every byte, or throws (ENOSPC).
         await file.writeFile(chunk, 'utf8');
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -129,6 +302,7 @@ export class Journal {
       } finally {
         await dirFile.close();
       }
+      this.dropLogsBefore(log);
     } catch (err) {
       await file?.close();
       await unlink(tmp).catch(() => undefined);
@@ -147,9 +321,10 @@ export class Journal {
 
   /** Writes the journal atomically; throws the file system's error (ENOSPC, EROFS) to the caller. */
   save(state: JournalState): void {
+    const log = ++this.gen;
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
     const dir = checkStateDir(this.dir);
-    const text = [...render(state)].join('');
+    const text = [...render(state, log)].join('');
     const tmp = this.tempName();
     let fd: number | null = null;
     try {
@@ -170,6 +345,7 @@ export class Journal {
       } finally {
         closeSync(dirFd);
       }
+      this.dropLogsBefore(log);
     } catch (err) {
       if (fd !== null) closeSync(fd);
       try {
@@ -192,7 +368,7 @@ export class Journal {
 
   private aside(moveAside: boolean, error: string): JournalLoad {
     if (!moveAside) return { blocks: [], offences: [], movedAside: null, error };
-    const bad = `${this.path}.bad-${new Date().toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
+    const bad = asideName(this.path);
     try {
       // rename(2) moves a link itself, never its target.
       renameSync(this.path, bad);
@@ -201,6 +377,11 @@ export class Journal {
       return { blocks: [], offences: [], movedAside: null, error };
     }
   }
+}
+
+/** A name of its own for a file moved aside, never that of an earlier one. */
+function asideName(path: string): string {
+  return `${path}.bad-${new Date().toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
 }
 
 /**
@@ -279,26 +460,36 @@ function writeAll(fd: number, data: Buffer): void {
 }
 
 /** Parses and validates journal text; throws on anything unexpected. */
-export function parseJournal(text: string): JournalState {
-  const doc = JSON.parse(text) as { version?: unknown; blocks?: unknown; offences?: unknown };
+export function parseJournal(text: string): Snapshot {
+  const doc = JSON.parse(text) as { version?: unknown; blocks?: unknown; offences?: unknown; log?: unknown };
   if (doc.version !== VERSION) throw new Error(`unknown journal version ${JSON.stringify(doc.version)}`);
   if (!Array.isArray(doc.blocks)) throw new Error('journal has no block list');
   const blocks: Block[] = [];
   const rejected: string[] = [];
   for (const raw of doc.blocks) readEntry(raw, blocks, rejected);
-  return { blocks, offences: readOffences(doc.offences), rejected };
+  return { blocks, offences: readOffences(doc.offences), rejected, log: logOf(doc.log) };
+}
+
+/** The log generation a snapshot names; 0 for one written before logs were kept. */
+function logOf(value: unknown): number {
+  return Number.isSafeInteger(value) && (value as number) >= 0 ? value as number : 0;
 }
 
 /** One stored block, read as what it may be (any JSON at all), into `blocks` or, refused, into `rejected`. */
 function readEntry(value: unknown, blocks: Block[], rejected: string[]): void {
+  const block = toBlock(value, rejected);
+  if (block) blocks.push(block);
+}
+
+function toBlock(value: unknown, rejected: string[]): Block | null {
   const raw = value as Partial<StoredBlock> | null;
   const ip = raw?.ip;
   const net = typeof ip === 'string' ? parseNetwork(ip) : null;
   if (!raw || !net || raw.source === undefined || !SOURCES.has(raw.source)) {
     rejected.push(`${typeof ip === 'string' ? JSON.stringify(ip.slice(0, 64)) : 'an entry'}: ${net ? 'an unknown source' : 'no address rated accepts'}`);
-    return;
+    return null;
   }
-  blocks.push({
+  return {
     net,
     rule: typeof raw.rule === 'string' ? raw.rule : null,
     reason: typeof raw.reason === 'string' ? raw.reason : null,
@@ -306,7 +497,7 @@ function readEntry(value: unknown, blocks: Block[], rejected: string[]): void {
     since: typeof raw.since === 'number' ? raw.since : null,
     expires: typeof raw.expires === 'number' ? raw.expires : null,
     hits: typeof raw.hits === 'number' ? raw.hits : null,
-  });
+  };
 }
 
 function readOffences(value: unknown): Array<[string, OffenceRecord]> {
@@ -321,20 +512,108 @@ function readOffences(value: unknown): Array<[string, OffenceRecord]> {
 }
 
 const TEMP_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** A log is opened for appending, never through a link, and never waits on what is not a file (a FIFO planted there). */
+const LOG_FLAGS = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** A block as stored, one JSON object: a snapshot's line, and a log's line for a block made or changed. */
+export function blockLine(b: Block): string {
+  return JSON.stringify({
+    ip: b.net.text, rule: b.rule, reason: b.reason, source: b.source, since: b.since, expires: b.expires, hits: b.hits,
+  } satisfies StoredBlock);
+}
+
+/** A log's line for a block lifted. */
+export function liftLine(net: Network): string {
+  return `{"lift":${JSON.stringify(net.text)}}`;
+}
+
+/** A log's line for an offence history changed, or forgotten (null). */
+export function offenceLine(key: string, o: OffenceRecord | null): string {
+  return JSON.stringify(o === null ? { offence: key } : { offence: key, count: o.count, lastAt: o.lastAt });
+}
+
+/**
+ * A snapshot with its logs applied on top, line by line. Every line states a
+ * whole block or offence (never a difference), so a line applied twice, or to
+ * a snapshot that already holds it, changes nothing.
+ */
+class Merge {
+  readonly blocks = new Map<string, Block>();
+  readonly offences = new Map<string, OffenceRecord>();
+  readonly rejected: string[] = [];
+  readonly errors: string[] = [];
+  lastGen = 0;
+  lines = 0;
+  /** The newest log read ends in a line cut short. */
+  torn = false;
+
+  constructor(snapshot: JournalState & { log: number }) {
+    for (const b of snapshot.blocks) this.blocks.set(b.net.text, b);
+    for (const [key, o] of snapshot.offences) this.offences.set(key, o);
+    this.lastGen = snapshot.log;
+  }
+
+  /** Applies one log's text; yields every SLICE lines so a caller may let the event loop run. */
+  *apply(gen: number, text: string): Generator<void> {
+    this.lastGen = gen;
+    this.torn = text !== '' && !text.endsWith('\n');
+    let at = 0;
+    let n = 0;
+    for (;;) {
+      const end = text.indexOf('\n', at);
+      // The last line without its end: a write cut short, which never counts.
+      if (end < 0) return;
+      const line = text.slice(at, end);
+      at = end + 1;
+      if (line !== '') this.line(line, gen);
+      this.lines++;
+      if (++n % SLICE === 0) yield;
+    }
+  }
+
+  private line(line: string, gen: number): void {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line);
+    } catch {
+      this.rejected.push(`a damaged line in blocks-${gen}.log`);
+      return;
+    }
+    const r = raw as { lift?: unknown; offence?: unknown; count?: unknown; lastAt?: unknown } | null;
+    if (r !== null && typeof r === 'object' && 'lift' in r) {
+      const net = typeof r.lift === 'string' ? parseNetwork(r.lift) : null;
+      if (net) this.blocks.delete(net.text);
+      else this.rejected.push(`${JSON.stringify(String(r.lift).slice(0, 64))}: no address rated accepts`);
+    } else if (r !== null && typeof r === 'object' && 'offence' in r) {
+      if (typeof r.offence !== 'string') return;
+      if (typeof r.count === 'number' && typeof r.lastAt === 'number') {
+        // Re-inserted: the order stays "least recent offence first".
+        this.offences.delete(r.offence);
+        this.offences.set(r.offence, { count: r.count, lastAt: r.lastAt });
+      } else this.offences.delete(r.offence);
+    } else {
+      const block = toBlock(raw, this.rejected);
+      if (block) this.blocks.set(block.net.text, block);
+    }
+  }
+}
+
+/** Runs a generator to its end. */
+function drain(g: Generator<void>): void {
+  for (const _ of g) { /* no pause */ }
+}
 
 /**
  * The journal's text in pieces: one JSON document with one block per line,
  * which any JSON reader reads and loadAsync() reads a line at a time; a piece
  * holds SLICE blocks.
  */
-function* render(state: JournalState): Generator<string> {
-  const head = `{"version":${VERSION},"savedAt":${JSON.stringify(new Date().toISOString())},"blocks":[`;
+function* render(state: JournalState, log: number): Generator<string> {
+  const head = `{"version":${VERSION},"savedAt":${JSON.stringify(new Date().toISOString())},"log":${log},"blocks":[`;
   let piece = head;
   for (let i = 0; i < state.blocks.length; i++) {
     const b = state.blocks[i] as Block;
-    piece += `${i === 0 ? '\n' : ',\n'}${JSON.stringify({
-      ip: b.net.text, rule: b.rule, reason: b.reason, source: b.source, since: b.since, expires: b.expires, hits: b.hits,
-    } satisfies StoredBlock)}`;
+    piece += `${i === 0 ? '\n' : ',\n'}${blockLine(b)}`;
     if ((i + 1) % SLICE === 0) {
       yield piece;
       piece = '';
@@ -352,11 +631,11 @@ const SLICE = 20_000;
  * (a journal in one line) goes to `parseJournal`. Throws on anything
  * unexpected, as `parseJournal` does: nothing of a damaged journal is used.
  */
-async function parseJournalLines(text: string): Promise<JournalState> {
+async function parseJournalLines(text: string): Promise<Snapshot> {
   const first = text.indexOf('\n');
   const head = first < 0 ? '' : text.slice(0, first);
   if (!head.endsWith('"blocks":[')) return parseJournal(text);
-  const { version } = JSON.parse(`${head}]}`) as { version?: unknown };
+  const { version, log } = JSON.parse(`${head}]}`) as { version?: unknown; log?: unknown };
   if (version !== VERSION) throw new Error(`unknown journal version ${JSON.stringify(version)}`);
   const blocks: Block[] = [];
   const rejected: string[] = [];
@@ -369,7 +648,7 @@ async function parseJournalLines(text: string): Promise<JournalState> {
       // The tail: `],"offences":[…]}`.
       const tail = JSON.parse(`{"blocks":[${line}`) as { offences?: unknown };
       if (end >= 0 && text.slice(end + 1).trim() !== '') throw new Error('journal continues after its end');
-      return { blocks, offences: readOffences(tail.offences), rejected };
+      return { blocks, offences: readOffences(tail.offences), rejected, log: logOf(log) };
     }
     readEntry(JSON.parse(line.endsWith(',') ? line.slice(0, -1) : line), blocks, rejected);
     if (end < 0) throw new Error('journal ends inside its block list');

@@ -1,17 +1,19 @@
 import { mkdirSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { neverAClient, type Network } from '../address.js';
 import { tooWide, WIDEST, type Block } from '../block.js';
 import { formatSpan, MAX_DURATION_MS } from '../duration.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
-import { checkStateDir, type Journal, type JournalLoad, type OffenceRecord } from './journal.js';
+import {
+  blockLine, checkStateDir, liftLine, offenceLine, type Journal, type JournalLoad, type OffenceRecord,
+} from './journal.js';
 import { StateLock } from './lock.js';
 
 /** Where restored blocks go and saved ones come from (the Blocker). */
 export interface BlockLedger {
   adopt(block: Block): void;
   list(): Block[];
+  readonly size: number;
 }
 
 /** The repeat-offence history kept with the blocks (the Limiter). */
@@ -52,16 +54,29 @@ export interface RestoreSummary {
   readonly invalid: number;
 }
 
+/** Log lines after which a snapshot is due, at least; more when there are more blocks (each snapshot then costs more). */
+const LOG_LINES_PER_SNAPSHOT = 20_000;
+
 /**
- * Keeps the journal in step with the blocks: restores it at start (SPEC §7)
- * and writes it after changes, at most as often as a write's cost allows.
- * A failing disk never stops protection: blocks stay in memory and in the
- * kernel, the failure is said once and retried.
+ * Keeps the journal in step with the blocks: restores it at start (SPEC §7),
+ * appends each change as it is made (one write for the changes of one turn
+ * of the event loop), and writes a snapshot in the background once the log
+ * holds as many lines as there are blocks, so a change costs the same with
+ * 10 blocks or 1,000,000. A failing disk never stops protection: blocks stay
+ * in memory and in the kernel, the failure is said once and a snapshot
+ * retried.
  */
 export class JournalKeeper {
   private timer: NodeJS.Timeout | null = null;
-  private lastSaveMs = 0;
   private failing = false;
+  /** Change lines not yet written. */
+  private pending: string[] = [];
+  private flushing: Promise<void> | null = null;
+  private flushQueued = false;
+  /** Lines in the logs since the last snapshot began. */
+  private logged = 0;
+  /** Restored blocks and offences are already in the journal: not written again. */
+  private adopting = false;
   private held: StateLock | null = null;
   private saving: Promise<void> | null = null;
   private again = false;
@@ -81,12 +96,75 @@ export class JournalKeeper {
     this.held.acquire();
   }
 
-  /** Writes the journal a last time, after any write in flight, and lets go of the lock. */
+  /**
+   * Writes what is pending, after any write in flight, and lets go of the
+   * lock; a stop never waits for a snapshot (the logs are read at start),
+   * unless writing has been failing, when one last snapshot is tried.
+   */
   async close(): Promise<void> {
+    this.cancel();
     await this.saving;
-    this.saveNow();
+    await this.flush();
+    await this.o.journal.closeLog();
+    if (this.failing) this.saveNow();
+    this.cancel();
     this.held?.release();
     this.held = null;
+  }
+
+  /** A block made or changed. */
+  put(block: Block): void {
+    this.note(blockLine(block));
+  }
+
+  /** A block lifted, for any cause. */
+  lift(net: Network): void {
+    this.note(liftLine(net));
+  }
+
+  /** A client's offence history changed, or forgotten (null). */
+  offence(key: string, o: OffenceRecord | null): void {
+    this.note(offenceLine(key, o));
+  }
+
+  private note(line: string): void {
+    // While writing fails, the snapshot being retried will hold the change.
+    if (this.adopting || !this.usable || this.failing) return;
+    this.pending.push(`${line}\n`);
+    // Changes made while the journal is being read are written once it has been.
+    if (this.restored && !this.flushQueued) {
+      this.flushQueued = true;
+      setImmediate(() => {
+        this.flushQueued = false;
+        void this.flush();
+      });
+    }
+  }
+
+  /** Writes the pending lines, one write at a time; resolves when none is left. */
+  private flush(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    const run = (async () => {
+      // Started in a later microtask, so `flushing` is set before it can be cleared.
+      await Promise.resolve();
+      try {
+        while (this.pending.length > 0 && !this.failing) {
+          const lines = this.pending;
+          this.pending = [];
+          this.logged += lines.length;
+          await this.o.journal.append(lines.join(''));
+        }
+      } catch (err) {
+        this.pending = [];
+        await this.o.journal.closeLog();
+        this.failed(err);
+      } finally {
+        this.flushing = null;
+      }
+      if (!this.failing && this.logged > Math.max(LOG_LINES_PER_SNAPSHOT, this.o.blocks.size)) this.schedule();
+    })();
+    this.flushing = run;
+    return run;
   }
 
   get path(): string {
@@ -137,7 +215,12 @@ export class JournalKeeper {
       this.o.dropExpired?.(block.net);
     } else if (this.o.isAllowed(block.net)) t.refused++;
     else {
-      this.o.blocks.adopt(block);
+      this.adopting = true;
+      try {
+        this.o.blocks.adopt(block);
+      } finally {
+        this.adopting = false;
+      }
       t.adopted++;
     }
   }
@@ -147,9 +230,19 @@ export class JournalKeeper {
       this.o.onError?.();
       this.o.log.warn({ skipped: t.invalid.length, entries: t.invalid.slice(0, 5) }, 'journal entries that no input could have made were skipped; the rest is kept');
     }
-    this.o.offences.importOffences(loaded.offences);
+    this.adopting = true;
+    try {
+      this.o.offences.importOffences(loaded.offences);
+    } finally {
+      this.adopting = false;
+    }
     // From now on a write holds every block: before, it would have held only those read so far.
     this.restored = true;
+    this.logged = loaded.logged ?? 0;
+    // Decisions made while the journal was read, and a snapshot when the logs have grown long.
+    void this.flush();
+    // A journal moved aside is replaced by a good one at once.
+    if (loaded.movedAside !== null) this.schedule();
     return { blocks: t.adopted, expired: t.expired, refused: t.refused, invalid: t.invalid.length };
   }
 
@@ -170,29 +263,27 @@ export class JournalKeeper {
     return null;
   }
 
-  /** Asks for a write soon; it is made in the background (`saveAsync`). */
+  /** Asks for a snapshot soon; it is written in the background (`saveAsync`). */
   schedule(): void {
     if (this.timer) return;
-    // A write costs O(blocks): during a ban storm, spend at most a twentieth of the time on it.
-    // What a crash loses meanwhile is still in the kernel, which the next start adopts.
-    this.later(Math.max(200, this.lastSaveMs * 20));
+    this.later(200);
   }
 
-  /** Writes the journal now, in this turn of the event loop (stop, the CLI); on failure says so once and retries. */
+  /** Writes a snapshot now, in this turn of the event loop (the CLI); on failure says so once and retries. */
   saveNow(): void {
     this.cancel();
-    const started = performance.now();
     try {
       this.write();
-      this.saved(performance.now() - started);
+      this.saved();
     } catch (err) {
       this.failed(err);
     }
   }
 
-  /** Writes the journal now; throws the file system's error. */
+  /** Writes a snapshot now; throws the file system's error. */
   write(): void {
     if (!this.restored) return;
+    this.logged = 0;
     this.o.journal.save({ blocks: this.o.blocks.list(), offences: this.o.offences.exportOffences() });
   }
 
@@ -206,9 +297,9 @@ export class JournalKeeper {
       return;
     }
     if (!this.restored) return;
-    const started = performance.now();
+    this.logged = 0;
     this.saving = this.o.journal.saveAsync({ blocks: this.o.blocks.list(), offences: this.o.offences.exportOffences() })
-      .then(() => this.saved(performance.now() - started), (err: unknown) => this.failed(err))
+      .then(() => this.saved(), (err: unknown) => this.failed(err))
       .finally(() => {
         this.saving = null;
         if (this.again) {
@@ -218,8 +309,7 @@ export class JournalKeeper {
       });
   }
 
-  private saved(ms: number): void {
-    this.lastSaveMs = ms;
+  private saved(): void {
     if (this.failing) this.o.log.info({ file: this.path }, 'journal written again');
     this.failing = false;
   }
