@@ -95,6 +95,8 @@ export class Daemon implements ControlApi {
     // Behind the receivers: the journal (seconds at 1,000,000 blocks), then the kernel. A check
     // before `ready` would adopt journal blocks not read yet as strangers.
     this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
+    // Blocks decided while Redis was away may be missing there: checked against it once they are read.
+    void this.restored.then(() => this.redis?.recheck(blocker.list()), () => undefined);
     void reconcileBehind(this.restored, blocker, this.log).finally(() => (this.ready = true));
   }
 

@@ -14,6 +14,10 @@ export class RedisKeys {
   readonly lifted: string;
   /** The time of the last cluster-wide flush. */
   readonly flushed: string;
+  /** Sorted set of blocks stored or lifted, by the Redis server's time of the change: what a node reads to catch up. */
+  readonly changed: string;
+  /** A random name this Redis's block data was started under: another one means it was lost (restart, failover without persistence). */
+  readonly epoch: string;
   /** Where block changes are published. */
   readonly channel: string;
 
@@ -22,6 +26,8 @@ export class RedisKeys {
     this.expires = `${prefix}{blocks}:expires`;
     this.lifted = `${prefix}{blocks}:lifted`;
     this.flushed = `${prefix}{blocks}:flushed`;
+    this.changed = `${prefix}{blocks}:changed`;
+    this.epoch = `${prefix}{blocks}:epoch`;
     this.channel = `${prefix}blocks`;
   }
 
@@ -31,8 +37,8 @@ export class RedisKeys {
   }
 
   /** The block keys, in the order the block scripts take them. */
-  get blockKeys(): [string, string, string, string] {
-    return [this.blocks, this.expires, this.lifted, this.flushed];
+  get blockKeys(): [string, string, string, string, string, string] {
+    return [this.blocks, this.expires, this.lifted, this.flushed, this.changed, this.epoch];
   }
 }
 

@@ -109,17 +109,37 @@ return out
 
 // Shared by the block scripts: drop blocks whose time is up and old tombstones.
 const TIDY = `
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function tidy(now, keep)
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
-  for i = 1, #gone do redis.call('HDEL', KEYS[1], gone[i]) end
+  for i = 1, #gone do
+    redis.call('HDEL', KEYS[1], gone[i])
+    redis.call('ZREM', KEYS[5], gone[i])
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now - keep))
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -100001)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', string.format('%.0f', server_ms() - keep))
 end
 local function since_of(json)
   local ok, b = pcall(cjson.decode, json)
   if ok and type(b) == 'table' then return tonumber(b.since) or 0 end
   return 0
+end
+local function changed(net, keep)
+  redis.call('ZADD', KEYS[5], string.format('%.0f', server_ms()), net)
+  redis.call('PEXPIRE', KEYS[5], keep)
+end
+local function epoch(fresh)
+  local e = redis.call('GET', KEYS[6])
+  if not e then
+    e = fresh
+    redis.call('SET', KEYS[6], e)
+  end
+  return e
 end
 `;
 
@@ -128,7 +148,7 @@ end
  * replayed after an outage) or an equal or longer one is stored; publishes it
  * when stored. The keys expire with the last block.
  *
- * KEYS: blocks, expires, lifted, flushed.
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
  * ARGV: net, expires, since, json, now, channel, message, keepMs, latestMs.
  * Returns 1 stored, 0 a longer one is there, -1 lifted since.
  */
@@ -145,6 +165,7 @@ local current = tonumber(redis.call('ZSCORE', KEYS[2], net))
 if current and current >= expires then return 0 end
 redis.call('HSET', KEYS[1], net, ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], net)
+changed(net, ARGV[8])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local at = string.format('%.0f', math.min(tonumber(last[2]) or expires, tonumber(ARGV[9])))
 redis.call('PEXPIREAT', KEYS[1], at)
@@ -156,7 +177,7 @@ return 1
 /**
  * Lifts a block decided at or before \`at\` and leaves a tombstone; publishes.
  *
- * KEYS: blocks, expires, lifted, flushed.
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
  * ARGV: net, at, channel, message, keepMs.
  * Returns 1 when a stored block was lifted.
  */
@@ -174,14 +195,16 @@ if current and since_of(current) <= at then
 end
 redis.call('ZADD', KEYS[3], 'GT', ARGV[2], net)
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
+changed(net, keep)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return had
 `;
 
 /**
- * Lifts every block decided at or before \`at\` and remembers the flush; publishes.
+ * Lifts every block decided at or before \`at\` and remembers the flush;
+ * publishes. Rare, and as long as the blocks are many.
  *
- * KEYS: blocks, expires, lifted, flushed.
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
  * ARGV: at, channel, message, keepMs.
  * Returns how many stored blocks were lifted.
  */
@@ -194,6 +217,7 @@ for i = 1, #all, 2 do
   if since_of(all[i + 1]) <= at then
     redis.call('HDEL', KEYS[1], all[i])
     redis.call('ZREM', KEYS[2], all[i])
+    redis.call('ZREM', KEYS[5], all[i])
     n = n + 1
   end
 end
@@ -206,24 +230,55 @@ return n
 `;
 
 /**
- * Reads the shared blocks (at most \`cap\` of them), the tombstones and the
- * time of the last flush, after dropping what is over.
+ * One page of every shared block (a node that starts, or finds Redis's data
+ * lost), after dropping what is over: HSCAN from \`cursor\`; the first page
+ * also carries the tombstones.
  *
- * KEYS: blocks, expires, lifted, flushed.
- * ARGV: now, cap, keepMs.
- * Returns { total, { net, json, … }, { net, liftedAt, … }, flushedAt or false }.
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
+ * ARGV: now, keepMs, cursor, count, fresh epoch.
+ * Returns { next cursor, { net, json, … }, { net, liftedAt, … }, server ms, flushedAt or false, epoch, total }.
  */
-export const SNAPSHOT = `${TIDY}
-local now = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-tidy(now, tonumber(ARGV[3]))
-local entries = {}
-local cursor = '0'
-repeat
-  local r = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 1000)
-  cursor = r[1]
-  for i = 1, #r[2] do entries[#entries + 1] = r[2][i] end
-until cursor == '0' or #entries >= cap * 2
-local lifted = redis.call('ZRANGE', KEYS[3], 0, cap - 1, 'WITHSCORES')
-return { redis.call('HLEN', KEYS[1]), entries, lifted, redis.call('GET', KEYS[4]) }
+export const SCAN_BLOCKS = `${TIDY}
+tidy(tonumber(ARGV[1]), tonumber(ARGV[2]))
+local r = redis.call('HSCAN', KEYS[1], ARGV[3], 'COUNT', ARGV[4])
+local lifted = {}
+if ARGV[3] == '0' then lifted = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES') end
+return { r[1], r[2], lifted, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[5]), redis.call('HLEN', KEYS[1]) }
+`;
+
+/**
+ * One page of the blocks stored or lifted since \`since\` (the server's ms),
+ * oldest change first, skipping the first \`skip\` of them.
+ *
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
+ * ARGV: now, keepMs, since, skip, count, fresh epoch.
+ * Returns { { net, changedAt, json or false, liftedAt or false, … }, server ms, flushedAt or false, epoch }.
+ */
+export const CHANGES = `${TIDY}
+tidy(tonumber(ARGV[1]), tonumber(ARGV[2]))
+local items = redis.call('ZRANGEBYSCORE', KEYS[5], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', ARGV[4], ARGV[5])
+local out = {}
+for i = 1, #items, 2 do
+  out[#out + 1] = items[i]
+  out[#out + 1] = items[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[1], items[i])
+  out[#out + 1] = redis.call('ZSCORE', KEYS[3], items[i])
+end
+return { out, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[6]) }
+`;
+
+/**
+ * Which of a node's blocks Redis lacks, or holds shorter (by more than the
+ * second kernel expiry rounds to): their 1-based places in ARGV's pairs.
+ *
+ * KEYS: blocks, expires, lifted, flushed, changed, epoch.
+ * ARGV: net, expires, net, expires, …
+ */
+export const LACKING = `
+local out = {}
+for i = 1, #ARGV, 2 do
+  local current = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i]))
+  if not current or current < tonumber(ARGV[i + 1]) - 1000 then out[#out + 1] = (i + 1) / 2 end
+end
+return out
 `;

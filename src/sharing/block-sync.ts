@@ -1,28 +1,40 @@
 import type { Network } from '../address.js';
-import type { Block } from '../block.js';
+import type { Block, Source } from '../block.js';
 import type { BlockRequest } from '../enforce/index.js';
 import { describe } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import { script, type RedisLink, type Script } from '../redis/connection.js';
 import type { RedisKeys } from '../redis/keys.js';
-import { BLOCK, FLUSH, SNAPSHOT, UNBLOCK } from '../redis/scripts.js';
+import { randomBytes } from 'node:crypto';
+import { BLOCK, CHANGES, FLUSH, LACKING, SCAN_BLOCKS, UNBLOCK } from '../redis/scripts.js';
 
 /** The scripts this module runs, by what they do. */
 export const SCRIPTS = {
   block: script(BLOCK),
   unblock: script(UNBLOCK),
   flush: script(FLUSH),
-  snapshot: script(SNAPSHOT),
+  scan: script(SCAN_BLOCKS),
+  changes: script(CHANGES),
+  lacking: script(LACKING),
 } satisfies Record<string, Script>;
 
-/** Shared blocks read at most, per sync; more are left in Redis and reported. */
-export const MAX_SHARED_BLOCKS = 100_000;
+/** Shared blocks read at most by a full read (firewall.maxBlocks' default); more are left in Redis and reported. */
+export const MAX_SHARED_BLOCKS = 1_048_576;
+/** Entries per script call when reading, checking or storing: each call is short, so Redis serves others between them. */
+const PAGE = 2000;
+/**
+ * Changes are read from this long before the last read began, on the
+ * server's clock: a replica promoted after a failover may run a little behind.
+ */
+const CHANGES_OVERLAP_MS = 5000;
 /** How long lifts and flushes are remembered, so a copy of a block replayed after an outage stays lifted. */
 const TOMBSTONE_MS = 30 * 86_400_000;
 /** The largest message or stored entry read; anything longer is refused unread. */
 const MAX_ENTRY_BYTES = 2048;
 const RULE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const NODE_NAME = /^[\x21-\x7e]{1,128}$/;
+/** Blocks this node stores in Redis: adopted ones belong to their node or to the kernel. */
+const DECIDED_HERE: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'migrated']);
 
 /** The blocks of this node, as the blocker keeps them. */
 export interface LocalBlocks {
@@ -94,6 +106,16 @@ export class BlockSync {
   /** Lifts and a flush made while Redis was out of reach, replayed when it returns. */
   private readonly pendingLifts = new Map<string, number>();
   private pendingFlush: number | null = null;
+  /** This node's blocks Redis may lack (decided while it was away, a store that failed): checked and stored at the next sync. */
+  private readonly unsynced = new Map<string, Network>();
+  /** Where the next sync reads changes from (the server's ms), or null for a full read. */
+  private cursor: number | null = null;
+  /** The Redis data the cursor belongs to; another epoch means the data was lost and everything is read and stored again. */
+  private epoch: string | null = null;
+  /** The last cluster-wide flush applied here. */
+  private flushSeen: number | null = null;
+  /** The epoch this node offers when Redis has none. */
+  private readonly freshEpoch = randomBytes(8).toString('hex');
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
 
@@ -107,8 +129,24 @@ export class BlockSync {
 
   /** Stores and publishes a block this node decided or extended; never waits. */
   published(block: Block): void {
-    if (!this.link.up) return; // the resync after the outage stores it
-    void this.store(block).catch((err: unknown) => this.failed('store a block', err));
+    if (!this.link.up) {
+      // The sync after the outage stores it.
+      this.unsynced.set(block.net.text, block.net);
+      return;
+    }
+    void this.store(block).catch((err: unknown) => {
+      this.unsynced.set(block.net.text, block.net);
+      this.failed('store a block', err);
+    });
+  }
+
+  /**
+   * Blocks of this node that Redis may lack (those restored from the
+   * journal at start): checked against Redis at the next sync, a page of
+   * them per call, and stored where it lacks them.
+   */
+  recheck(blocks: Iterable<Block>): void {
+    for (const b of blocks) if (DECIDED_HERE.has(b.source)) this.unsynced.set(b.net.text, b.net);
   }
 
   /** Lifts a block everywhere (an operator's `unblock` here); never waits. */
@@ -187,48 +225,140 @@ export class BlockSync {
     }
   }
 
+  /**
+   * One sync: lifts to replay, then what changed in Redis since the last
+   * sync (everything at the first one, or when Redis's data was lost), then
+   * this node's blocks Redis may lack. Its cost follows the changes, never
+   * the number of blocks.
+   */
   private async syncOnce(): Promise<void> {
     if (this.pendingFlush !== null) await this.replayFlush(this.pendingFlush);
     for (const [net, at] of [...this.pendingLifts]) await this.replayLift(net, at);
+    if (this.cursor === null) await this.readAll();
+    else await this.readChanges(this.cursor);
+    await this.storeUnsynced();
+  }
 
-    const reply = await this.link.run(SCRIPTS.snapshot, this.keys.blockKeys, [this.now(), MAX_SHARED_BLOCKS, TOMBSTONE_MS]);
-    const snap = readSnapshot(reply);
-    if (snap.total > MAX_SHARED_BLOCKS) {
-      this.refusals.warn('redis:too-many', { stored: snap.total, read: MAX_SHARED_BLOCKS }, 'more shared blocks in Redis than rated reads; the rest are ignored');
+  /** Reads every shared block, a page at a time. */
+  private async readAll(): Promise<void> {
+    let cursor = '0';
+    let read = 0;
+    let startedAt: number | null = null;
+    do {
+      const page = readScanPage(await this.link.run(SCRIPTS.scan, this.keys.blockKeys, [this.now(), TOMBSTONE_MS, cursor, PAGE, this.freshEpoch]));
+      if (startedAt === null) {
+        startedAt = page.serverMs;
+        this.newEpoch(page.epoch);
+        this.applyFlush(page.flushedAt);
+        for (const [net, at] of page.lifted) this.applyLift(net, at);
+        if (page.total > MAX_SHARED_BLOCKS) {
+          this.refusals.warn('redis:too-many', { stored: page.total, read: MAX_SHARED_BLOCKS }, 'more shared blocks in Redis than rated reads; the rest are ignored');
+        }
+      }
+      for (const [field, json] of page.entries) this.applyEntry(field, json);
+      read += page.entries.length;
+      cursor = page.cursor;
+    } while (cursor !== '0' && read < MAX_SHARED_BLOCKS);
+    this.cursor = startedAt - CHANGES_OVERLAP_MS;
+  }
+
+  /** Reads the blocks stored and lifted since `since`, a page at a time, oldest change first. */
+  private async readChanges(since: number): Promise<void> {
+    let from = since;
+    let skip = 0;
+    let startedAt: number | null = null;
+    for (;;) {
+      const page = readChangesPage(await this.link.run(SCRIPTS.changes, this.keys.blockKeys, [this.now(), TOMBSTONE_MS, from, skip, PAGE, this.freshEpoch]));
+      if (startedAt === null) {
+        startedAt = page.serverMs;
+        if (this.epoch !== page.epoch) {
+          // Redis lost its data (a restart, a failover without persistence): read it all, store ours again.
+          this.newEpoch(page.epoch);
+          await this.readAll();
+          return;
+        }
+        this.applyFlush(page.flushedAt);
+      }
+      for (const c of page.changes) {
+        if (c.liftedAt !== null) this.applyLift(c.net, c.liftedAt);
+        if (c.json !== null) this.applyEntry(c.net, c.json);
+      }
+      if (page.changes.length < PAGE) break;
+      // The next page starts at the last change's time, past those of that time already read.
+      const last = (page.changes.at(-1) as { at: number }).at;
+      const sameTime = page.changes.filter((c) => c.at === last).length;
+      skip = last === from ? skip + sameTime : sameTime;
+      from = last;
     }
+    this.cursor = startedAt - CHANGES_OVERLAP_MS;
+  }
 
-    // Lifted elsewhere while we were not listening.
+  /** Takes note of the data's epoch; a new one means every block of ours is to be stored again. */
+  private newEpoch(epoch: string): void {
+    if (this.epoch !== null && this.epoch !== epoch) this.recheck(this.options.local.list());
+    this.epoch = epoch;
+  }
+
+  /** A cluster-wide flush not yet applied here: lifts what was decided before it (rare: a walk of every block). */
+  private applyFlush(flushedAt: number | null): void {
+    if (flushedAt === null || flushedAt === this.flushSeen) return;
+    this.flushSeen = flushedAt;
     for (const b of this.options.local.list()) {
-      if (b.since === null) continue;
-      const liftedAt = snap.lifted.get(b.net.text);
-      if ((liftedAt !== undefined && b.since <= liftedAt) || (snap.flushedAt !== null && b.since <= snap.flushedAt)) {
+      if (b.since !== null && b.since <= flushedAt) {
         this.options.local.unblock(b.net);
         this.stats.lifted++;
       }
     }
+  }
 
-    const stored = new Map<string, SharedBlock>();
-    for (const [field, json] of snap.entries) {
-      const entry = this.parse(json, 'entry', field);
-      if (entry === null || entry.op !== 'block') continue;
-      if (entry.net !== field) {
-        this.refuse('an entry stored under another address', field, entry.node);
-        continue;
-      }
-      stored.set(entry.net, entry);
+  /** A block lifted elsewhere while this node was not listening. */
+  private applyLift(text: string, at: number): void {
+    const net = this.options.parseTarget(text);
+    if (!net) return;
+    const b = this.options.local.get(net);
+    if (b !== undefined && b.since !== null && b.since <= at) {
+      this.options.local.unblock(b.net);
+      this.stats.lifted++;
     }
+  }
 
-    // Ours that Redis lacks (stored before it lost them, or decided while it was away).
-    // Blocks adopted from others are theirs to store: stored again from here,
-    // a copy would outlive a lift its node made while this one was cut off.
+  /** A stored entry: adopted when another node's. */
+  private applyEntry(field: string, json: string): void {
+    const entry = this.parse(json, 'entry', field);
+    if (entry === null || entry.op !== 'block') return;
+    if (entry.net !== field) {
+      this.refuse('an entry stored under another address', field, entry.node);
+      return;
+    }
+    if (entry.node !== this.options.node) this.adopt(entry, 'entry');
+  }
+
+  /**
+   * Stores this node's blocks that Redis lacks: checked a page at a time
+   * (one script call per page), and only those it lacks are stored. Blocks
+   * adopted from others are theirs to store: stored again from here, a copy
+   * would outlive a lift its node made while this one was cut off.
+   */
+  private async storeUnsynced(): Promise<void> {
     const now = this.now();
-    for (const b of this.options.local.list()) {
-      if (b.source === 'reconciled' || b.source === 'cluster' || b.expires === null || b.expires <= now) continue;
-      const s = stored.get(b.net.text);
-      if (!s || s.expires < b.expires - 1000) await this.store(b);
+    const candidates: Block[] = [];
+    for (const [text, net] of this.unsynced) {
+      this.unsynced.delete(text);
+      const b = this.options.local.get(net);
+      if (b && DECIDED_HERE.has(b.source) && b.expires !== null && b.expires > now) candidates.push(b);
     }
-
-    for (const entry of stored.values()) if (entry.node !== this.options.node) this.adopt(entry, 'entry');
+    for (let i = 0; i < candidates.length; i += PAGE) {
+      const page = candidates.slice(i, i + PAGE);
+      try {
+        const lacking = await this.link.run(SCRIPTS.lacking, this.keys.blockKeys, page.flatMap((b) => [b.net.text, b.expires ?? 0]));
+        const stores = (Array.isArray(lacking) ? lacking : []).map((k) => page[Number(k) - 1]).filter((b) => b !== undefined);
+        await Promise.all(stores.map((b) => this.store(b)));
+      } catch (err) {
+        // Checked again at the next sync.
+        for (const b of candidates.slice(i)) this.unsynced.set(b.net.text, b.net);
+        throw err;
+      }
+    }
   }
 
   private async store(b: Block): Promise<void> {
@@ -366,24 +496,69 @@ function printable(text: string): string {
   return text.slice(0, 200).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
 }
 
-interface Snapshot {
-  readonly total: number;
+interface ScanPage {
+  readonly cursor: string;
   readonly entries: Array<[string, string]>;
-  readonly lifted: Map<string, number>;
+  readonly lifted: Array<[string, number]>;
+  readonly serverMs: number;
   readonly flushedAt: number | null;
+  readonly epoch: string;
+  readonly total: number;
 }
 
-function readSnapshot(reply: unknown): Snapshot {
-  if (!Array.isArray(reply) || reply.length < 3) throw new Error('unexpected reply from the snapshot script');
-  const [total, flat, liftedFlat, flushed] = reply as [unknown, unknown, unknown, unknown];
-  const entries: Array<[string, string]> = [];
+interface Change {
+  readonly net: string;
+  /** The server's ms of the change. */
+  readonly at: number;
+  readonly json: string | null;
+  readonly liftedAt: number | null;
+}
+
+interface ChangesPage {
+  readonly changes: Change[];
+  readonly serverMs: number;
+  readonly flushedAt: number | null;
+  readonly epoch: string;
+}
+
+function pairs(flat: unknown): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) out.push([String(flat[i]), String(flat[i + 1])]);
+  return out;
+}
+
+function timeOrNull(v: unknown): number | null {
+  const n = Number(v);
+  return v !== null && v !== undefined && v !== false && Number.isFinite(n) ? n : null;
+}
+
+function readScanPage(reply: unknown): ScanPage {
+  if (!Array.isArray(reply) || reply.length < 7) throw new Error('unexpected reply from the block scan script');
+  const [cursor, flat, liftedFlat, serverMs, flushed, epoch, total] = reply as unknown[];
+  return {
+    cursor: String(cursor),
+    entries: pairs(flat),
+    lifted: pairs(liftedFlat).map(([net, at]) => [net, Number(at)]),
+    serverMs: Number(serverMs),
+    flushedAt: timeOrNull(flushed),
+    epoch: String(epoch),
+    total: Number(total),
+  };
+}
+
+function readChangesPage(reply: unknown): ChangesPage {
+  if (!Array.isArray(reply) || reply.length < 4) throw new Error('unexpected reply from the block changes script');
+  const [flat, serverMs, flushed, epoch] = reply as unknown[];
+  const changes: Change[] = [];
   if (Array.isArray(flat)) {
-    for (let i = 0; i + 1 < flat.length; i += 2) entries.push([String(flat[i]), String(flat[i + 1])]);
+    const f = flat as unknown[];
+    for (let i = 0; i + 3 < f.length; i += 4) {
+      const json = f[i + 2];
+      changes.push({
+        net: String(f[i]), at: Number(f[i + 1]),
+        json: typeof json === 'string' ? json : null, liftedAt: timeOrNull(f[i + 3]),
+      });
+    }
   }
-  const lifted = new Map<string, number>();
-  if (Array.isArray(liftedFlat)) {
-    for (let i = 0; i + 1 < liftedFlat.length; i += 2) lifted.set(String(liftedFlat[i]), Number(liftedFlat[i + 1]));
-  }
-  const f = Number(flushed);
-  return { total: Number(total), entries, lifted, flushedAt: flushed !== null && flushed !== undefined && Number.isFinite(f) ? f : null };
+  return { changes, serverMs: Number(serverMs), flushedAt: timeOrNull(flushed), epoch: String(epoch) };
 }

@@ -127,6 +127,15 @@ export class RedisSharing {
     }
   }
 
+  /**
+   * This node's blocks restored from the journal: Redis may lack those
+   * decided while it was away; the next sync checks them a page at a time.
+   */
+  recheck(blocks: Iterable<Block>): void {
+    this.sync.recheck(blocks);
+    void this.sync.resync();
+  }
+
   /** Shares an operator's flush. */
   flushed(): void {
     this.sync.flushed();
