@@ -79,7 +79,8 @@ export function writeRatedConfig(dir: string, s: Omit<RatedSetup, 'namespace' | 
     `  files: [${(s.files ?? []).map((f) => JSON.stringify(f)).join(', ')}]`,
     'rules:',
     ...s.rules.map((r) => `  - { name: ${r.name}, limit: ${r.limit}, window: ${r.window}, block: ${r.block}${r.match ? `, match: ${JSON.stringify(r.match)}` : ''} }`),
-    `firewall: { table: ${s.table ?? 'rated'} }`,
+    // A `firewall` of the caller's replaces this one.
+    ...(s.config?.firewall === undefined ? [`firewall: { table: ${s.table ?? 'rated'} }`] : []),
     `control: { socket: ${JSON.stringify(join(dir, 'rated.sock'))} }`,
     `state: { dir: ${JSON.stringify(join(dir, 'state'))} }`,
     'log: { level: info }',

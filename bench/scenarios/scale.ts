@@ -12,6 +12,7 @@ import { NftablesBackend } from '../../src/enforce/nftables.js';
 import { createNamespace, type Namespace } from '../../test/helpers/netns.js';
 import { benchAddress, benchRunner, mustRun, type BenchContext, type Scenario } from '../lib/context.js';
 import { median } from '../lib/interleave.js';
+import { throughDaemon } from './scale-daemon.js';
 
 const NAME = 'scale';
 /** Renewals in one batch: deletes from a large interval set are quadratic in nft 1.0.6, so the older layout gets no more. */
@@ -29,10 +30,12 @@ type Layout = 'hash' | 'interval';
 export const scale: Scenario = {
   name: NAME,
   title: 'One change with 100,000 (and 1,000,000) blocks in force: hash-set layout against the older interval sets',
-  tools: ['ip', 'nft'],
+  tools: ['ip', 'nft', 'ipset', 'iptables'],
   root: true,
   async run(ctx) {
     const sizes = ctx.quick ? [100_000] : [100_000, 1_000_000];
+    // Through the daemon, by packets: `rated block`/`unblock`, new offenders, renewals, unblocks, list, memory.
+    for (const n of sizes) for (const backend of ['nftables', 'ipset'] as const) await throughDaemon(ctx, backend, n);
     for (const n of sizes) {
       // The older layout at 1,000,000 takes minutes per change: measured at 100,000 only.
       const layouts: Layout[] = n > 100_000 ? ['hash'] : ['hash', 'interval'];

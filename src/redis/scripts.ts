@@ -133,12 +133,10 @@ local function changed(net, keep)
   redis.call('ZADD', KEYS[5], string.format('%.0f', server_ms()), net)
   redis.call('PEXPIRE', KEYS[5], keep)
 end
-local function epoch(fresh)
+local function epoch(fresh, keep)
   local e = redis.call('GET', KEYS[6])
-  if not e then
-    e = fresh
-    redis.call('SET', KEYS[6], e)
-  end
+  if not e then e = fresh end
+  redis.call('SET', KEYS[6], e, 'PX', keep)
   return e
 end
 `;
@@ -243,7 +241,7 @@ tidy(tonumber(ARGV[1]), tonumber(ARGV[2]))
 local r = redis.call('HSCAN', KEYS[1], ARGV[3], 'COUNT', ARGV[4])
 local lifted = {}
 if ARGV[3] == '0' then lifted = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES') end
-return { r[1], r[2], lifted, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[5]), redis.call('HLEN', KEYS[1]) }
+return { r[1], r[2], lifted, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[5], ARGV[2]), redis.call('HLEN', KEYS[1]) }
 `;
 
 /**
@@ -264,7 +262,7 @@ for i = 1, #items, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[1], items[i])
   out[#out + 1] = redis.call('ZSCORE', KEYS[3], items[i])
 end
-return { out, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[6]) }
+return { out, server_ms(), redis.call('GET', KEYS[4]), epoch(ARGV[6], ARGV[2]) }
 `;
 
 /**
