@@ -17,6 +17,7 @@ import { connect } from 'node:net';
 import { Agent, request } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import { clearInterval, clearTimeout, setInterval, setTimeout } from 'node:timers';
 
 const now = () => performance.timeOrigin + performance.now();
 const ATTEMPT_MS = 40;
