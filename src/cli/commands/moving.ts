@@ -3,7 +3,6 @@ import { parseBlockDuration, type BatchResult, type BlockView, type ManualBlock 
 import { RatedError } from '../../errors.js';
 import { FORMATS, ImportReader, type ImportSource } from '../../import/sources.js';
 import { api, daemonOrKernel, out, type GlobalArgs } from '../context.js';
-import { STDIN } from '../stdin.js';
 
 /** Entries per request to the daemon: one batch for the kernel each, and a bounded body. */
 const BATCH = 10_000;
@@ -24,7 +23,7 @@ export type ImportArgs = GlobalArgs & {
  * judges one; counts per outcome are printed.
  */
 export async function importCommand(args: ImportArgs): Promise<void> {
-  const files = args.files.map((f) => (f === STDIN ? '-' : f));
+  const files = args.files;
   if (files.length === 0) throw new RatedError('USAGE', 'name at least one FILE (or - for stdin)');
   if (files.filter((f) => f === '-').length > 1) throw new RatedError('USAGE', 'stdin (-) can be read only once');
   const format = args.format ?? 'auto';

@@ -6,7 +6,6 @@ import { RatedError } from '../../errors.js';
 import { compilePattern, hasGroup, LineParser, LineSplitter } from '../../receive/line.js';
 import { Replay, REORDER_MS, type ReplayBlock, type ReplaySummary } from '../../replay.js';
 import { configOf, out, type GlobalArgs } from '../context.js';
-import { STDIN } from '../stdin.js';
 
 
 export interface ReplayArgs extends GlobalArgs {
@@ -19,7 +18,6 @@ export interface ReplayArgs extends GlobalArgs {
 /** `rated replay`: runs access logs through the configured rules on their own timestamps; touches nothing. */
 export async function replay(args: ReplayArgs): Promise<void> {
   const { config } = await configOf(args);
-  args = { ...args, logs: args.logs.map((l) => (l === STDIN ? '-' : l)) };
   const pattern = args.pattern ?? null;
   if (pattern !== null) checkPattern(pattern);
   if (args.logs.length === 0) throw new RatedError('USAGE', 'name at least one LOG (or - for stdin)');

@@ -18,7 +18,7 @@ function shim(): { dir: string; env: NodeJS.ProcessEnv } {
 
 async function complete(words: string[], env: NodeJS.ProcessEnv): Promise<string[]> {
   const script = (await execa(process.execPath, [BIN, 'completion', 'bash'])).stdout;
-  const line = `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _rated_yargs_completions; printf '%s\\n' "\${COMPREPLY[@]}"`;
+  const line = `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _rated_completions; printf '%s\\n' "\${COMPREPLY[@]}"`;
   const r = await execa('bash', ['-c', line], { env });
   return r.stdout.split('\n').filter((l) => l !== '');
 }
@@ -32,7 +32,7 @@ test('bash completes commands and their options; zsh gets its own script', async
     assert.ok((await complete(['rated', 'migrate', '--'], env)).includes('--dry-run'));
     const zsh = (await execa(process.execPath, [BIN, 'completion', 'zsh'])).stdout;
     assert.match(zsh, /^#compdef rated/);
-    assert.match(zsh, /compdef _rated_yargs_completions rated/);
+    assert.match(zsh, /compdef _rated_completions rated/);
     const bad = await execa(process.execPath, [BIN, 'completion', 'fish'], { reject: false });
     assert.equal(bad.exitCode, 2);
     assert.match(bad.stderr, /^rated: Invalid values: Argument: shell, Given: "fish", Choices: "bash", "zsh" \(see rated --help\)$/);
