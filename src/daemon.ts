@@ -15,6 +15,7 @@ import { createLogger, routeConsole, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { Receivers } from './receive/index.js';
 import type { RedisSharing } from './sharing/index.js';
+import { MemorySettler } from './memory.js';
 import { reconcileBehind, startupRecord } from './startup.js';
 import type { RestoreSummary } from './state/keeper.js';
 
@@ -46,6 +47,7 @@ export class Daemon implements ControlApi {
   private restored: Promise<RestoreSummary | null> = Promise.resolve(null);
   private ready = false;
   private hooks: Hooks | null = null;
+  private memory: MemorySettler | null = null;
 
   constructor(private readonly options: DaemonOptions) {
     this.c = options.config;
@@ -92,6 +94,7 @@ export class Daemon implements ControlApi {
       redis: this.redis?.status() ?? null,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
+    this.memory = new MemorySettler();
     // Behind the receivers: the journal (seconds at 1,000,000 blocks), then the kernel. A check
     // before `ready` would adopt journal blocks not read yet as strangers.
     this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
@@ -104,6 +107,7 @@ export class Daemon implements ControlApi {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.intervals.clear();
+      this.memory?.close();
       await this.receivers?.close();
       // Undefined when start() failed before the core was built.
       const core = this.core as Core | undefined;

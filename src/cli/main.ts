@@ -226,7 +226,7 @@ function parseCommand(command: Command, argv: readonly string[]): Args {
   }
   const args: Args = {};
   for (const o of options) {
-    const v = parsed.values[o.name] as string | boolean | undefined;
+    const v = parsed.values[o.name];
     if (v === undefined) {
       if (o.default !== undefined) args[camel(o.name)] = o.default;
       continue;
