@@ -28,7 +28,7 @@ export const blockSpeed: Scenario = {
   tools: ['ip', 'nft', 'iptables', 'iptables-restore', 'wrk', 'taskset'],
   root: true,
   async run(ctx) {
-    const storms = ctx.quick ? [10_000] : [10_000, 100_000];
+    const storms = ctx.quick ? [10_000] : [10_000, 100_000, 1_000_000];
     const stormRates = new Map<number, number>();
     for (const n of storms) stormRates.set(n, await storm(ctx, n));
     const perProcess = await onePerAddress(ctx);
@@ -89,14 +89,15 @@ async function storm(ctx: BenchContext, n: number): Promise<number> {
     try {
       const t0 = performance.now();
       const wrk = spawn('ip', ['netns', 'exec', ns.name, ...(ctx.cpus.load !== null ? ['taskset', '-c', ctx.cpus.load] : []),
-        'wrk', '-t', '1', '-c', '64', '-d', '300s', '--timeout', '5s', '-s', LUA.storm, `http://127.0.0.1:${PORT}/`], {
+        'wrk', '-t', '1', '-c', '64', '-d', '900s', '--timeout', '5s', '-s', LUA.storm, `http://127.0.0.1:${PORT}/`], {
         env: { ...process.env, BENCH_ADDRESSES: String(n), BENCH_PASSES: '2' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let stderr = '';
       wrk.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
       const exited = new Promise<void>((resolve) => wrk.once('close', () => resolve()));
-      const bound = setTimeout(() => wrk.kill('SIGKILL'), 180_000);
+      // 2,000,000 notifications take the receiver a couple of minutes on this machine.
+      const bound = setTimeout(() => wrk.kill('SIGKILL'), 180_000 + n * 0.4);
       const sent = await new Promise<number | null>((resolve) => {
         createInterface({ input: wrk.stdout }).on('line', (line) => {
           if (line.trim() === 'done') resolve(performance.now());
@@ -112,16 +113,18 @@ async function storm(ctx: BenchContext, n: number): Promise<number> {
       // transaction that returned is in the kernel); a listing afterwards
       // confirms it. Each poll's end is an upper bound.
       let at = 0;
-      const deadline = performance.now() + (n >= 100_000 ? 60_000 : 20_000);
+      const deadline = performance.now() + (n > 100_000 ? 120_000 : n >= 100_000 ? 60_000 : 20_000);
       while (performance.now() < deadline) {
         const applied = (await rated.status()).firewall.elements;
         at = performance.now();
         if (applied >= n) break;
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
-      const inKernel = await setSize(ns, 'rated', 'v4');
       const status = await rated.status();
-      const absent = inKernel >= n ? [] : await missingFromSet(ns, n);
+      // Reading 1,000,000 elements back takes nft 1.0.6 80–110 s: there, rated's count of applied adds stands for it.
+      const listed = n <= 100_000;
+      const inKernel = listed ? await setSize(ns, 'rated', 'v4') : Math.min(n, status.firewall.elements);
+      const absent = inKernel >= n || !listed ? [] : await missingFromSet(ns, n);
       const drain = (at - sent) / 1000;
       const total = (at - t0) / 1000;
       const rate = inKernel / total;
@@ -129,13 +132,13 @@ async function storm(ctx: BenchContext, n: number): Promise<number> {
         + `${inKernel.toLocaleString('en-US')} of ${n.toLocaleString('en-US')} in the set; ${status.firewall.batches} nft batches`
         + `${status.firewall.refused ? `, ${status.firewall.refused} refused` : ''}; rated holds ${status.activeBlocks.toLocaleString('en-US')} blocks`
         + (absent.length > 0 ? `; missing from the set: ${absent.slice(0, 5).join(', ')}${absent.length > 5 ? ', …' : ''}` : '')
-        + '; times end when rated\'s status first counts every add as applied by nft (polled every 10 ms), then a listing confirms the set';
+        + `; times end when rated's status first counts every add as applied by nft (polled every 10 ms)${listed ? ', then a listing confirms the set' : ''}`;
       ctx.results.add(NAME, {
         name: `storm of ${label}: last notification → all in the kernel`,
         value: inKernel >= n ? drain : null,
         unit: 's',
-        target: { of: 'value', op: '<=', bound: n >= 100_000 ? 5 : 1 },
-        note: inKernel >= n ? note : `not all in the kernel after 60 s: ${note}`,
+        target: { of: 'value', op: '<=', bound: n > 100_000 ? 30 : n >= 100_000 ? 5 : 1 },
+        note: inKernel >= n ? note : `not all in the kernel in time: ${note}`,
       });
       ctx.results.add(NAME, {
         name: `storm of ${label}: blocks/s, first notification → all in the kernel`,
