@@ -288,16 +288,22 @@ export async function main(argv: string[]): Promise<void> {
       for (const c of completions(argv.slice(1))) process.stdout.write(`${c}\n`);
       return;
     }
-    const name = argv[0];
-    if (name === undefined || name.startsWith('-')) {
-      if (argv.includes('--version')) { process.stdout.write(`${VERSION}\n`); return; }
-      if (argv.includes('--help') || argv.includes('-h')) { process.stdout.write(helpText()); return; }
-      if (name === undefined) throw usage('name a command; see rated --help');
-      throw usage(`Unknown argument: ${name.replace(/^-+/, '')}`);
+    // The command is the first word that is not a global option or its value (`rated -c FILE list`).
+    let at = 0;
+    while (at < argv.length && (argv[at] ?? '').startsWith('-') && argv[at] !== '-' && argv[at] !== '--') {
+      at += GLOBAL.some((o) => o.type !== 'boolean' && (argv[at] === `--${o.name}` || (o.short !== undefined && argv[at] === `-${o.short}`))) ? 2 : 1;
+    }
+    const name = argv[at];
+    const before = argv.slice(0, Math.min(at, argv.length));
+    if (name === undefined || name === '--') {
+      if (before.includes('--version')) { process.stdout.write(`${VERSION}\n`); return; }
+      if (before.includes('--help') || before.includes('-h')) { process.stdout.write(helpText()); return; }
+      const unknown = before.find((a) => a.startsWith('-') && !GLOBAL.some((o) => a === `--${o.name}` || a.startsWith(`--${o.name}=`) || a === `-${o.short ?? ''}`));
+      throw usage(unknown === undefined ? 'name a command; see rated --help' : `Unknown argument: ${unknown.replace(/^-+/, '')}`);
     }
     const command = COMMANDS.find((c) => c.name === name);
     if (!command) throw usage(`Unknown argument: ${name}`);
-    const rest = argv.slice(1);
+    const rest = [...before, ...argv.slice(at + 1)];
     // Before a `--`: what follows it is values, whatever they look like.
     const flags = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
     if (flags.includes('--help') || flags.includes('-h')) { process.stdout.write(helpText(command)); return; }
