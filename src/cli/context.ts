@@ -27,9 +27,16 @@ export async function configOf(args: GlobalArgs): Promise<LoadedConfig> {
   return config;
 }
 
-/** The control socket: `--socket`, else the configured one. */
+/**
+ * The control socket: `--socket`, else the configured one, found without
+ * loading the schema (a configuration the daemon would refuse is reported
+ * by `configOf` once no daemon answers).
+ */
 export async function socketOf(args: GlobalArgs): Promise<string> {
-  return args.socket ?? (await configOf(args)).config.control.socket;
+  if (args.socket !== undefined) return args.socket;
+  const config = loaded.get(args);
+  if (config) return config.config.control.socket;
+  return (await import('../config/read.js')).configuredSocket(args.config);
 }
 
 /** Calls the daemon; throws DaemonDown when it is not running, or the API's error. */
@@ -58,6 +65,8 @@ export async function onDaemon<T>(args: GlobalArgs, call: (socket: string) => Pr
   } catch (err) {
     const fallback = args.socket === undefined ? userSocketPath() : null;
     const unreachable = err instanceof RatedError && err.code === 'DAEMON_UNREACHABLE';
+    // A configuration the daemon would refuse is what to fix first: it names the key (exit 2).
+    if (unreachable && args.socket === undefined) await configOf(args);
     if (!unreachable || fallback === null || fallback === socket || !existsSync(fallback)) throw err;
     try {
       return await call(fallback);

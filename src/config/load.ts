@@ -1,13 +1,14 @@
-import { fstatSync, closeSync, openSync, readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
-import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { isLoopback } from '../address.js';
 import { limiterRules } from './limits.js';
 import { configError } from '../errors.js';
 import { compileRules } from '../limit/rules.js';
 import { compilePattern } from '../receive/line.js';
+import { configText, EMBEDDED, readYaml } from './read.js';
 import { configSchema, type Config } from './schema.js';
+
+export { DEFAULT_PATH, EMBEDDED } from './read.js';
 
 /** Where the configuration came from: a file path, or the embedded defaults. */
 export interface LoadedConfig {
@@ -15,76 +16,16 @@ export interface LoadedConfig {
   readonly source: string;
 }
 
-export const DEFAULT_PATH = '/etc/rated/rated.yml';
-export const EMBEDDED = 'embedded defaults';
-
 /** Finds and loads the configuration: `--config`, `$RATED_CONFIG`, /etc/rated/rated.yml, else the embedded defaults. */
 export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
-  const chosen = explicit ?? (env.RATED_CONFIG || undefined);
-  if (chosen !== undefined) return { config: readConfigFile(chosen, false), source: chosen };
-  const text = readTrusted(DEFAULT_PATH, true);
-  if (text === null) return { config: parseConfig({}), source: EMBEDDED };
-  return { config: parseConfigText(text, DEFAULT_PATH), source: DEFAULT_PATH };
-}
-
-function readConfigFile(path: string, optional: boolean): Config {
-  const text = readTrusted(path, optional);
-  if (text === null) throw configError(path, 'no such file');
-  return parseConfigText(text, path);
-}
-
-/**
- * Reads a configuration file that only a trusted user can have written, as
- * sshd does: refused when every user may write it, or when it belongs to
- * someone other than root or the user running rated. Null when it does not
- * exist and may be missing.
- */
-function readTrusted(path: string, optional: boolean): string | null {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') {
-      if (optional) return null;
-      throw configError(path, 'no such file');
-    }
-    throw configError(path, `cannot read: ${(err as Error).message}`);
-  }
-  try {
-    const st = fstatSync(fd);
-    const uid = process.getuid?.() ?? 0;
-    if (st.isFile() && (st.mode & 0o002) !== 0) {
-      throw configError(path, `every user may write this file (mode ${(st.mode & 0o777).toString(8)}), so anyone could change what rated blocks: chmod o-w ${path}`);
-    }
-    if (st.isFile() && st.uid !== 0 && st.uid !== uid) {
-      throw configError(path, `owned by uid ${st.uid}, neither root nor the user running rated (${uid}): chown root ${path}`);
-    }
-    return readFileSync(fd, 'utf8');
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'CONFIG') throw err;
-    throw configError(path, `cannot read: ${(err as Error).message}`);
-  } finally {
-    closeSync(fd);
-  }
+  const found = configText(explicit, env);
+  if (found === null) return { config: parseConfig({}), source: EMBEDDED };
+  return { config: parseConfigText(found.text, found.source), source: found.source };
 }
 
 /** Parses YAML text into a validated configuration; errors name the file, line and key. */
 export function parseConfigText(text: string, file: string): Config {
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false });
-  const yamlError = doc.errors[0];
-  if (yamlError) {
-    const line = yamlError.linePos?.[0]?.line;
-    throw configError(file, `invalid YAML${line ? ` at line ${line}` : ''}: ${yamlError.message.split('\n')[0] ?? ''}`);
-  }
-  let raw: unknown;
-  try {
-    // Resolving aliases can fail on a document built to exhaust memory ("billion laughs").
-    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
-  } catch (err) {
-    throw configError(file, `invalid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
-  }
-  return parseConfig(raw);
+  return parseConfig(readYaml(text, file));
 }
 
 /** Validates a plain object against the schema, adds the checks the schema cannot express, and freezes it. */

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { parseListen, parseNetwork } from '../address.js';
 import { parseDuration } from '../duration.js';
 import { parseRedisUrl } from '../redis-url.js';
+import { DEFAULT_SOCKET } from './read.js';
 
 // One schema is the single source of the configuration's type, defaults and
 // error messages. Durations are read as text ("90s", "6h") or seconds and
@@ -135,7 +136,7 @@ export const configSchema = z.strictObject({
     listen: listen.nullable().default(null),
   }).prefault({}),
   control: z.strictObject({
-    socket: z.string().min(1).default('/run/rated/rated.sock'),
+    socket: z.string().min(1).default(DEFAULT_SOCKET),
   }).prefault({}),
   state: z.strictObject({
     dir: z.string().min(1).default('/var/lib/rated'),
