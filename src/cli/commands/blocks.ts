@@ -1,4 +1,3 @@
-import { createInterface } from 'node:readline/promises';
 import { orderViews, parseBlockTarget, type BlockOrder, type BlockView, type ListQuery } from '../../block.js';
 import { streamList } from '../../control/client.js';
 import { RatedError } from '../../errors.js';
@@ -81,6 +80,7 @@ export async function unblock(args: GlobalArgs & { target: string }): Promise<vo
 export async function flush(args: GlobalArgs & { yes?: boolean }): Promise<void> {
   if (!args.yes) {
     if (!process.stdin.isTTY) throw new RatedError('USAGE', 'flush lifts every block: add --yes to confirm');
+    const { createInterface } = await import('node:readline/promises');
     const rl = createInterface({ input: process.stdin, output: process.stderr });
     const answer = await rl.question('Lift every block rated manages? [y/N] ');
     rl.close();
