@@ -6,6 +6,12 @@ import { runInNewContext } from 'node:vm';
 const GROWTH_BYTES = 32 * 1024 * 1024;
 /** Busier than this since the last look (event loop utilisation), and nothing is done. */
 const BUSY = 0.25;
+/**
+ * A heap larger than this is left to V8: one full collection of it holds the
+ * event loop for longer than a block may wait (about 0.3 s at 1,000,000
+ * blocks), and a daemon holding that many blocks is in the middle of an attack.
+ */
+const LARGEST_HEAP_BYTES = 320 * 1024 * 1024;
 
 export interface SettlerOptions {
   /** How often the heap is looked at. @default 10 s */
@@ -26,7 +32,8 @@ export interface SettlerOptions {
  * server, indefinitely. Every 10 s, when the heap has grown by 32 MB since
  * the last full collection and the event loop was mostly idle, one full
  * collection runs (tens of ms at 100,000 blocks); never during an attack's
- * busy seconds.
+ * busy seconds, and never on a heap so large that the collection itself
+ * would hold up blocking.
  */
 export class MemorySettler {
   private readonly timer: NodeJS.Timeout;
@@ -49,7 +56,8 @@ export class MemorySettler {
   /** One look: a full collection when the heap has grown and the loop is quiet. */
   look(): void {
     const busy = this.busy();
-    if (this.gc === null || busy > BUSY || this.heapUsed() - this.settled < GROWTH_BYTES) return;
+    const heap = this.heapUsed();
+    if (this.gc === null || busy > BUSY || heap - this.settled < GROWTH_BYTES || heap > LARGEST_HEAP_BYTES) return;
     this.gc();
     this.settled = this.heapUsed();
     this.collections++;

@@ -171,6 +171,11 @@ export class Blocker {
     return (await this.backend.list()).find((e) => e.net.text === net.text)?.dropped ?? null;
   }
 
+  /** The active blocks, in no particular order. */
+  all(): Block[] {
+    return [...this.blocks.values()];
+  }
+
   /** The active blocks, soonest expiry last. */
   list(): Block[] {
     return [...this.blocks.values()].sort((a, b) => (b.expires ?? Infinity) - (a.expires ?? Infinity));
@@ -462,7 +467,9 @@ export class Blocker {
           return;
         }
         const wasDirty = this.dirty;
-        const r = await this.resyncNow(true, wasDirty);
+        // Past LIST_READ_LIMIT blocks, reading every element on each check costs more than it finds (a second
+        // of nft and parsing at 100,000, every checkInterval): the structure check and our writes' results stand for it.
+        const r = this.blocks.size > LIST_READ_LIMIT ? await this.reapplyBlind(wasDirty) : await this.resyncNow(true, wasDirty);
         if (r.added > 0 || r.adopted > 0 || r.removed > 0) {
           if (!wasDirty) this.metrics.driftRepairs++;
           this.log.warn({ backend: this.backend.kind, ...r }, wasDirty ? 'reapplied blocks after a firewall error' : 'our firewall set differed from our blocks; repaired it');

@@ -198,8 +198,8 @@ export class Journal {
 
   /**
    * Appends change lines (`blockLine`, `liftLine`, `offenceLine`) to the
-   * current log and waits until they are on disk; throws the file system's
-   * error. One call at a time.
+   * current log; `sync` makes them durable. Throws the file system's error.
+   * One call at a time.
    */
   async append(text: string): Promise<void> {
     if (this.appender?.gen !== this.gen) {
@@ -218,7 +218,17 @@ export class Journal {
       this.appender = { gen, file };
     }
     await this.appender.file.writeFile(text, 'utf8');
-    await this.appender.file.datasync();
+  }
+
+  /** Makes what was appended so far durable (fdatasync). */
+  async sync(): Promise<void> {
+    const a = this.appender;
+    try {
+      await a?.file.datasync();
+    } catch (err) {
+      // A log closed meanwhile was replaced by a snapshot that holds its lines.
+      if (this.appender === a) throw err;
+    }
   }
 
   /** Closes the log being appended to. */

@@ -36,7 +36,7 @@ function keeperOf(dir: string) {
   const log = createLogger('info', new Writable({ write(chunk, _enc, done) { lines.push(String(chunk)); done(); } }));
   const keeper = new JournalKeeper({
     journal: new Journal(dir),
-    blocks: { adopt: (b) => blocks.set(b.net.text, b), list: () => [...blocks.values()], get size() { return blocks.size; } },
+    blocks: { adopt: (b) => blocks.set(b.net.text, b), all: () => [...blocks.values()], get size() { return blocks.size; } },
     offences: { exportOffences: () => [], importOffences: () => undefined },
     isAllowed: () => false, longestRuleBlockMs: 24 * HOUR, now: () => NOW, log,
   });

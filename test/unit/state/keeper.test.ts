@@ -32,7 +32,7 @@ function setup(blocks: Array<Record<string, unknown>>, allowed: readonly string[
   const log = createLogger('info', new Writable({ write(chunk, _enc, done) { lines.push(String(chunk)); done(); } }));
   const dropped: string[] = [];
   const keeper = new JournalKeeper({
-    journal: new Journal(dir), blocks: { adopt: (b) => adopted.push(b), list: () => adopted, get size() { return adopted.length; } }, offences: book,
+    journal: new Journal(dir), blocks: { adopt: (b) => adopted.push(b), all: () => adopted, get size() { return adopted.length; } }, offences: book,
     isAllowed: (n) => allowed.includes(n.text), longestRuleBlockMs: 24 * HOUR, now: () => NOW, log,
     dropExpired: (n) => dropped.push(n.text),
   });
