@@ -94,7 +94,7 @@ export class Daemon implements ControlApi {
       redis: this.redis?.status() ?? null,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
-    this.memory = new MemorySettler();
+    this.memory = new MemorySettler({ onCollected: (c) => this.log.debug(c, 'gave memory back after a burst') });
     // Behind the receivers: the journal (seconds at 1,000,000 blocks), then the kernel. A check
     // before `ready` would adopt journal blocks not read yet as strangers.
     this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
