@@ -38,8 +38,10 @@ const RULES = [
   rule({ '&': [SADDR6, 'ffff:ffff:ffff:ffff::'] }, 'v6'),
   rule(SADDR6, 'v6net'),
 ];
+// The hash sets are walked for expired elements every 30 s, not every second (a walk of 1,000,000 holds a CPU 70–80 ms).
 const set = (name: string, type: string, interval: boolean) => ({ add: { set: {
   ...T, name, type, flags: interval ? ['interval', 'timeout'] : ['timeout'], size: 1_048_576, stmt: [{ counter: null }],
+  ...(interval ? {} : { 'gc-interval': 30 }),
 } } });
 const SETS = [
   set('v4', 'ipv4_addr', false), set('v6', 'ipv6_addr', false), set('v4net', 'ipv4_addr', true), set('v6net', 'ipv6_addr', true),
