@@ -99,7 +99,7 @@ export class Daemon implements ControlApi {
     // before `ready` would adopt journal blocks not read yet as strangers.
     this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
     // Blocks decided while Redis was away may be missing there: checked against it once they are read.
-    void this.restored.then(() => this.redis?.recheck(blocker.list()), () => undefined);
+    void this.restored.then(() => this.redis?.recheck(blocker.all()), () => undefined);
     void reconcileBehind(this.restored, blocker, this.log).finally(() => (this.ready = true));
   }
 
