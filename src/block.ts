@@ -11,6 +11,9 @@ export type Source = 'rule' | 'manual' | 'cluster' | 'reconciled' | 'migrated';
 /** Every source, for readers of stored blocks (the journal, Redis). */
 export const SOURCES: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'cluster', 'reconciled', 'migrated']);
 
+/** Blocks decided on this host: hooks run for them and Redis stores them; those adopted from the kernel or other nodes are theirs. */
+export const DECIDED_HERE: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'migrated']);
+
 /** One active block. Times are milliseconds on the daemon's clock; null where unknown. */
 export interface Block {
   readonly net: Network;

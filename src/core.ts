@@ -1,5 +1,5 @@
 import type { Network } from './address.js';
-import type { Source } from './block.js';
+import { DECIDED_HERE } from './block.js';
 import { defaultBlockMs, limiterOptions, longestRuleBlockMs } from './config/limits.js';
 import type { Config } from './config/schema.js';
 import { Blocker, type Backend } from './enforce/index.js';
@@ -41,8 +41,6 @@ export interface CoreOptions {
   readonly hooks?: Hooks | null;
 }
 
-/** Blocks decided on this host; those adopted from the kernel or from other nodes are theirs to report. */
-const DECIDED_HERE: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'migrated']);
 
 /**
  * Builds the limiter, the blocker, the one owner of decisions and the

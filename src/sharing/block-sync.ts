@@ -1,5 +1,5 @@
 import type { Network } from '../address.js';
-import type { Block, Source } from '../block.js';
+import { DECIDED_HERE, type Block } from '../block.js';
 import type { BlockRequest } from '../enforce/index.js';
 import { describe } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log.js';
@@ -33,8 +33,6 @@ const TOMBSTONE_MS = 30 * 86_400_000;
 const MAX_ENTRY_BYTES = 2048;
 const RULE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const NODE_NAME = /^[\x21-\x7e]{1,128}$/;
-/** Blocks this node stores in Redis: adopted ones belong to their node or to the kernel. */
-const DECIDED_HERE: ReadonlySet<Source> = new Set<Source>(['rule', 'manual', 'migrated']);
 
 /** The blocks of this node, as the blocker keeps them. */
 export interface LocalBlocks {
