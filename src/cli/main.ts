@@ -181,7 +181,7 @@ function optionRows(options: readonly Option[], width: number): string[] {
 }
 
 /** The help of the whole CLI, or of one command. */
-export function helpText(command?: Command, width = Math.min(100, process.stdout.columns || 100)): string {
+function helpText(command?: Command, width = Math.min(100, process.stdout.columns || 100)): string {
   if (!command) {
     const w = Math.max(...COMMANDS.map((c) => `rated ${line(c)}`.length)) + 2;
     return [
@@ -258,7 +258,7 @@ function parseCommand(command: Command, argv: readonly string[]): Args {
 }
 
 /** What a shell offers after the words typed so far (`rated __complete rated li` prints `list`). */
-export function completions(words: readonly string[]): string[] {
+function completions(words: readonly string[]): string[] {
   const typed = words.slice(1);
   const current = typed.at(-1) ?? '';
   const command = COMMANDS.find((c) => c.name === typed[0]);

@@ -31,7 +31,7 @@ export function configText(explicit?: string, env: NodeJS.ProcessEnv = process.e
  * someone other than root or the user running rated. Null when it does not
  * exist and may be missing.
  */
-export function readTrusted(path: string, optional: boolean): string | null {
+function readTrusted(path: string, optional: boolean): string | null {
   let fd: number;
   try {
     fd = openSync(path, 'r');

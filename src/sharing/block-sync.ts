@@ -39,7 +39,8 @@ export interface LocalBlocks {
   block(req: BlockRequest): string;
   unblock(net: Network): Block | null;
   get(net: Network): Block | undefined;
-  list(): Block[];
+  /** Every block, in no particular order. */
+  all(): Block[];
   flush(): Promise<number>;
 }
 
@@ -293,7 +294,7 @@ export class BlockSync {
 
   /** Takes note of the data's epoch; a new one means every block of ours is to be stored again. */
   private newEpoch(epoch: string): void {
-    if (this.epoch !== null && this.epoch !== epoch) this.recheck(this.options.local.list());
+    if (this.epoch !== null && this.epoch !== epoch) this.recheck(this.options.local.all());
     this.epoch = epoch;
   }
 
@@ -301,7 +302,7 @@ export class BlockSync {
   private applyFlush(flushedAt: number | null): void {
     if (flushedAt === null || flushedAt === this.flushSeen) return;
     this.flushSeen = flushedAt;
-    for (const b of this.options.local.list()) {
+    for (const b of this.options.local.all()) {
       if (b.since !== null && b.since <= flushedAt) {
         this.options.local.unblock(b.net);
         this.stats.lifted++;
