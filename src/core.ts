@@ -26,8 +26,8 @@ export interface CoreOptions {
   readonly config: Config;
   readonly backend: Backend;
   readonly allow: AllowList;
-  /** Allow-listed now; the daemon reads this host's addresses again first. @default allow.has */
-  readonly isAllowed?: (net: Network) => boolean;
+  /** Follows this host's addresses (the daemon): read again before a block, at most once a second, and never blocked. */
+  readonly followSelf?: boolean;
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly now: () => number;
@@ -49,7 +49,9 @@ export interface CoreOptions {
  */
 export function assemble(o: CoreOptions): Core {
   const c = o.config;
-  const isAllowed = o.isAllowed ?? ((net: Network): boolean => o.allow.has(net));
+  const isAllowed = o.followSelf
+    ? (net: Network): boolean => (core.operator.followOwn(1000), o.allow.has(net))
+    : (net: Network): boolean => o.allow.has(net);
   const refusals = new RateLimitedLog(o.log);
   const core: { -readonly [K in keyof Core]: Core[K] } = {} as Core;
   core.blocker = new Blocker({
@@ -65,6 +67,7 @@ export function assemble(o: CoreOptions): Core {
   core.operator = new Operator({
     blocker: core.blocker, isAllowed, whyAllowed: (net) => o.allow.why(net), ipv6Prefix: c.ipv6Prefix, defaultBlockMs: defaultBlockMs(c),
     forget: (net) => core.limiter.forget(net), sharing: o.sharing, log: o.log,
+    refreshSelf: o.followSelf ? (maxAgeMs) => o.allow.refreshSelf(maxAgeMs) : undefined,
   });
   core.limiter = new Limiter({
     ...limiterOptions(c), allow: o.allow, now: o.now,

@@ -1,4 +1,3 @@
-import type { Network } from './address.js';
 import type { BatchResult, BlockView, ListQuery, ManualBlock } from './block.js';
 import { Intervals, steadyClock } from './clock.js';
 import type { Config } from './config/schema.js';
@@ -16,7 +15,7 @@ import { Metrics } from './metrics.js';
 import { Receivers } from './receive/index.js';
 import type { RedisSharing } from './sharing/index.js';
 import { MemorySettler } from './memory.js';
-import { reconcileBehind, startupRecord } from './startup.js';
+import { restoreBehind, startupRecord } from './startup.js';
 import type { RestoreSummary } from './state/keeper.js';
 
 export interface DaemonOptions {
@@ -41,7 +40,6 @@ export class Daemon implements ControlApi {
   private control: { socket: string; close: () => Promise<void> } | null = null;
   private redis: RedisSharing | null = null;
   private stopping: Promise<void> | null = null;
-  private repairing: Promise<void> | null = null;
   private started = false;
   /** The journal's restore, behind the receivers; `ready` once reconciled with the kernel too. */
   private restored: Promise<RestoreSummary | null> = Promise.resolve(null);
@@ -65,15 +63,12 @@ export class Daemon implements ControlApi {
     await refuseIfRunning(socket);
     await this.backend.ensure();
     if (this.backend.kind === 'nftables' || this.backend.kind === 'ipset') this.stats.maxBlocks = c.firewall.maxBlocks;
+    this.hooks = Hooks.fromConfig(c.hooks, this.log, this.stats);
     // Block times run on a clock that an NTP step does not move, as kernel timeouts do not. Every block,
     // whatever its source, first reads this host's addresses again (at most once a second).
-    const h = c.hooks;
-    this.hooks = h.block || h.unblock ? new Hooks({
-      block: h.block, unblock: h.unblock, timeoutMs: h.timeout, concurrency: h.concurrency, queue: h.queue, batch: h.batch,
-    }, this.log.child({ component: 'hooks' }), this.stats) : null;
     this.core = assemble({
       config: c, backend: this.backend, allow: this.allow, log: this.log, metrics: this.stats, now: steadyClock(), autosave: true,
-      isAllowed: (net) => this.followOwn(1000, net), sharing: () => this.redis, hooks: this.hooks,
+      followSelf: true, sharing: () => this.redis, hooks: this.hooks,
     });
     const { blocker, limiter, keeper } = this.core;
     keeper?.lock();
@@ -85,22 +80,17 @@ export class Daemon implements ControlApi {
     this.receivers = new Receivers(c.receivers, (hit) => limiter.record(hit), this.stats, this.log);
     await this.receivers.start();
     blocker.start();
-    if (c.allowSelf) this.intervals.also(watchAddresses(() => this.followOwn(0)));
+    if (c.allowSelf) this.intervals.also(watchAddresses(() => this.core.operator.followOwn(0)));
     this.intervals.every(c.firewall.checkInterval, () => this.repairNow());
     this.intervals.every(1000, () => blocker.needsRepair && this.repairNow());
     this.intervals.every(2000, () => this.receivers?.sample());
     this.log.info(startupRecord({
-      config: c, source: this.options.source, backend: this.backend, receivers: this.receivers, control: control.socket,
-      redis: this.redis?.status() ?? null,
+      config: c, source: this.options.source, backend: this.backend, receivers: this.receivers, control: control.socket, redis: this.redis?.status() ?? null,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
     this.memory = new MemorySettler({ onCollected: (c) => this.log.debug(c, 'gave memory back after a burst') });
-    // Behind the receivers: the journal (seconds at 1,000,000 blocks), then the kernel. A check
-    // before `ready` would adopt journal blocks not read yet as strangers.
-    this.restored = keeper?.restoreAsync() ?? Promise.resolve(null);
-    // Blocks decided while Redis was away may be missing there: checked against it once they are read.
-    void this.restored.then(() => this.redis?.recheck(blocker.all()), () => undefined);
-    void reconcileBehind(this.restored, blocker, this.log).finally(() => (this.ready = true));
+    // Behind the receivers (seconds at 1,000,000 blocks). A check before `ready` would adopt journal blocks not read yet as strangers.
+    this.restored = restoreBehind({ keeper, blocker, redis: this.redis, log: this.log, onReconciled: () => (this.ready = true) });
   }
 
   /** Stops receivers, lets the batch in flight finish, leaves blocks in place unless flushOnExit. */
@@ -128,14 +118,14 @@ export class Daemon implements ControlApi {
   }
 
   /** The control API (SPEC §8). */
-  status(): Promise<Record<string, unknown>> {
-    return Promise.resolve(statusView({
-      startedAt: this.startedAt, config: this.options.source, backend: this.backend.kind, stats: this.stats,
-      table: this.backend.kind === 'dry-run' ? null : this.c.firewall.table, receivers: this.receivers?.status() ?? {},
-      trackedClients: this.core.limiter.tracked(), activeBlocks: this.core.blocker.size,
-      redis: this.redis?.status() ?? null, lastErrors: this.core.blocker.lastErrors,
-    }));
+  private get now(): { startedAt: number; backend: string; stats: Metrics; trackedClients: number; activeBlocks: number } {
+    return { startedAt: this.startedAt, backend: this.backend.kind, stats: this.stats, trackedClients: this.core.limiter.tracked(), activeBlocks: this.core.blocker.size };
   }
+
+  status = (): Promise<Record<string, unknown>> => Promise.resolve(statusView({
+    ...this.now, config: this.options.source, table: this.backend.kind === 'dry-run' ? null : this.c.firewall.table,
+    receivers: this.receivers?.status() ?? {}, redis: this.redis?.status() ?? null, lastErrors: this.core.blocker.lastErrors,
+  }));
 
   // Answers about the blocks wait for the journal: a block lifted before it was read would come back.
   blocks = async (query?: ListQuery): Promise<Iterable<BlockView>> => this.restored.then(() => this.core.blocker.views(query));
@@ -147,27 +137,14 @@ export class Daemon implements ControlApi {
   flush = async (): Promise<number> => this.restored.then(() => this.core.operator.flush());
   metrics = (): Promise<string> => this.stats.render();
   top = (clients: number, blocks: number): Promise<TopView> => Promise.resolve(topView({
-    startedAt: this.startedAt, backend: this.backend.kind, activeBlocks: this.core.blocker.size, trackedClients: this.core.limiter.tracked(),
-    stats: this.stats, redis: this.redis ? { up: this.redis.status().up, mode: this.redis.status().mode } : null,
-    closest: this.core.limiter.closest(clients, performance.now()), latest: this.core.blocker.latest(blocks),
+    ...this.now, redis: this.redis?.status() ?? null, closest: this.core.limiter.closest(clients, performance.now()), latest: this.core.blocker.latest(blocks),
   }));
   explain = async (ip: string): Promise<unknown> => this.restored.then(() => explain(ip, { ...this.core, allow: this.allow, ipv6Prefix: this.c.ipv6Prefix }));
 
-  /** Checks and repairs our firewall now (SIGHUP, timers): one check at a time, so a hung nft piles up nothing; none before reconciled or while stopping. */
+  /** Checks and repairs our firewall now (SIGHUP, timers); none before reconciled or while stopping. */
   repairNow(): Promise<void> {
     if (!this.ready || this.stopping) return Promise.resolve();
-    this.followOwn(0);
-    this.repairing ??= this.core.blocker.repair().finally(() => (this.repairing = null));
-    return this.repairing;
-  }
-
-  /**
-   * Reads this host's addresses again unless the last read is younger than `maxAgeMs`; blocks that hold a
-   * new one are lifted once the caller (maybe a block decision) is done. Tells whether `net` is allow-listed.
-   */
-  private followOwn(maxAgeMs: number, net?: Network): boolean {
-    const added = this.allow.refreshSelf(maxAgeMs);
-    if (added.length > 0) queueMicrotask(() => this.core.operator.liftOwn(added));
-    return net !== undefined && this.allow.has(net);
+    this.core.operator.followOwn(0);
+    return this.core.blocker.repair();
   }
 }

@@ -47,6 +47,15 @@ export class Hooks {
     this.failures = new RateLimitedLog(log);
   }
 
+  /** The hooks `hooks.*` configures, or null when no program is configured. */
+  static fromConfig(
+    h: { readonly block: readonly string[] | null; readonly unblock: readonly string[] | null; readonly timeout: number; readonly concurrency: number; readonly queue: number; readonly batch: boolean },
+    log: Logger, metrics: Metrics,
+  ): Hooks | null {
+    if (!h.block && !h.unblock) return null;
+    return new Hooks({ block: h.block, unblock: h.unblock, timeoutMs: h.timeout, concurrency: h.concurrency, queue: h.queue, batch: h.batch }, log.child({ component: 'hooks' }), metrics);
+  }
+
   /** True when a program is configured for `event`. */
   has(event: HookEvent): boolean {
     return (event === 'block' ? this.o.block : this.o.unblock) !== null;

@@ -90,7 +90,7 @@ export function topView(p: {
     blocks: p.stats.blocks.total(),
     unblocks: p.stats.unblocks.total(),
     droppedPackets: p.stats.droppedPackets,
-    redis: p.redis,
+    redis: p.redis ? { up: p.redis.up, mode: p.redis.mode } : null,
     closest: p.closest,
     latest: p.latest,
   };

@@ -95,6 +95,8 @@ export class Blocker {
   private readonly batchDelayMs: number;
   private commitTimer: NodeJS.Timeout | null = null;
   private committing: Promise<void> | null = null;
+  /** The firewall check in flight (`repair`). */
+  private repairing: Promise<void> | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Set when a commit could not run; the next repair reapplies everything. */
   private dirty = false;
@@ -452,8 +454,17 @@ export class Blocker {
     return { added, adopted, removed };
   }
 
-  /** Verifies our table and elements; repairs and reports drift. */
+  /**
+   * Verifies our table and elements; repairs and reports drift. One check at
+   * a time: asked again while one runs, it answers with that one, so a hung
+   * tool piles nothing up.
+   */
   repair(): Promise<void> {
+    this.repairing ??= this.repairOnce().finally(() => (this.repairing = null));
+    return this.repairing;
+  }
+
+  private repairOnce(): Promise<void> {
     return this.serialize(async () => {
       try {
         const check = await this.backend.check();

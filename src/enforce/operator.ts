@@ -42,6 +42,8 @@ export interface OperatorOptions {
   readonly forget: (net: Network) => void;
   /** Block sharing, when configured; read at each decision, since it starts after the blocker. */
   readonly sharing?: () => DecisionSharing | null;
+  /** Reads this host's addresses again unless the last read is younger than `maxAgeMs`; returns those new (allowSelf). */
+  readonly refreshSelf?: (maxAgeMs: number) => readonly Network[];
   readonly log: Logger;
 }
 
@@ -163,8 +165,18 @@ export class Operator {
     return n;
   }
 
+  /**
+   * Reads this host's addresses again unless the last read is younger than
+   * `maxAgeMs`; blocks that hold a new one are lifted once the caller (maybe
+   * a block decision) is done.
+   */
+  followOwn(maxAgeMs: number): void {
+    const added = this.o.refreshSelf?.(maxAgeMs) ?? [];
+    if (added.length > 0) queueMicrotask(() => this.liftOwn(added));
+  }
+
   /** Lifts every block that holds one of these addresses of this host, just found on an interface. */
-  liftOwn(added: readonly Network[]): void {
+  private liftOwn(added: readonly Network[]): void {
     this.o.log.info({ addresses: added.map((n) => n.text) }, 'new addresses of this host; they are never blocked (allowSelf)');
     for (const b of this.o.blocker.list()) {
       if (!added.some((a) => contains(b.net, a))) continue;

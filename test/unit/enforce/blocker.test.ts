@@ -339,6 +339,26 @@ test('a flush during a repair waits for it, and its result stands', async () => 
   assert.equal(backend.kernel.size, 0, 'nothing flushed goes back into the kernel');
 });
 
+test('a repair asked for while one runs is that one: a hung check piles nothing up', async () => {
+  const { backend, blocker } = setupHeld();
+  let checks = 0;
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  backend.check = async () => {
+    checks++;
+    await held;
+    return { intact: true, droppedPackets: null };
+  };
+  const first = blocker.repair();
+  const again = [blocker.repair(), blocker.repair(), blocker.repair()];
+  assert.ok(again.every((p) => p === first), 'the same check answers every caller');
+  release();
+  await Promise.all([first, ...again]);
+  assert.equal(checks, 1);
+  await blocker.repair();
+  assert.equal(checks, 2, 'once it is done, the next repair checks again');
+});
+
 test('a block made while a resync reads the kernel reaches it once, by its own batch', async () => {
   const { backend, blocker } = setupHeld();
   const gate = backend.hold();

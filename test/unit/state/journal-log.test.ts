@@ -61,7 +61,7 @@ test('each change is appended to the log; the snapshot is not rewritten; a new r
     await k.keeper.restoreAsync();
     k.put(block('198.51.100.1'));
     k.put(block('2001:db8:1::/64'));
-    k.put(block('203.0.113.0/24'));
+    k.put({ ...block('203.0.113.0/24'), reason: 'zu viele Anfragen: 攻撃 ☃' });
     k.lift('198.51.100.1');
     k.keeper.offence('203.0.113.9', { count: 2, lastAt: NOW });
     await settle();
@@ -72,6 +72,9 @@ test('each change is appended to the log; the snapshot is not rewritten; a new r
     assert.deepEqual(ips(loaded.blocks), ['2001:db8:1::/64', '203.0.113.0/24']);
     assert.deepEqual(loaded.offences, [['203.0.113.9', { count: 2, lastAt: NOW }]]);
     assert.equal(loaded.error, null);
+    const later = await new Journal(s.dir).loadAsync(false);
+    assert.deepEqual(ips(later.blocks), ['2001:db8:1::/64', '203.0.113.0/24']);
+    assert.equal(later.blocks.find((b) => b.net.text === '203.0.113.0/24')?.reason, 'zu viele Anfragen: 攻撃 ☃', 'bytes decoded a line at a time');
     await k.keeper.close();
   } finally {
     s.cleanup();

@@ -126,7 +126,9 @@ test('a journal written one block per line is read back a slice at a time, the s
   try {
     s.keeper.restore();
     for (let i = 0; i < 45_000; i++) {
-      s.adopted.push({ net: net(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`), rule: 'r', reason: null, source: 'rule', since: NOW, expires: NOW + HOUR, hits: 2 });
+      // Some reasons are not ASCII: the bytes are decoded a line at a time.
+      const reason = i % 1000 === 0 ? `café ☃ 攻撃 ${i}` : null;
+      s.adopted.push({ net: net(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`), rule: 'r', reason, source: 'rule', since: NOW, expires: NOW + HOUR, hits: 2 });
     }
     s.keeper.saveNow();
     const text = readFileSync(join(s.dir, 'blocks.json'), 'utf8');
@@ -140,6 +142,8 @@ test('a journal written one block per line is read back a slice at a time, the s
     clearInterval(ticker);
     assert.equal(async.blocks.length, 45_000);
     assert.deepEqual(async.blocks.map((b) => b.net.text), sync.blocks.map((b) => b.net.text));
+    assert.deepEqual(async.blocks.map((b) => b.reason), sync.blocks.map((b) => b.reason));
+    assert.equal(async.blocks.find((b) => b.net.text === '10.0.3.232')?.reason, 'café ☃ 攻撃 1000');
     assert.ok(ticks > 0, 'the event loop ran while it read');
     // A damaged line: nothing of the journal is used, and it is moved aside as before.
     writeFileSync(join(s.dir, 'blocks.json'), text.replace('"10.0.0.7"', '"10.0.0.7'));
