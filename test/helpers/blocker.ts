@@ -24,6 +24,17 @@ export function makeBlocker(
   return { blocker, metrics };
 }
 
+/**
+ * One block of each kind a backend keeps apart, settled in the kernel: an
+ * IPv4 address (rule), an IPv4 network (manual, for `netMs`), an IPv6 /64 (rule).
+ */
+export async function blockOfEachKind(blocker: Blocker, netMs = 600_000): Promise<void> {
+  blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
+  blocker.block({ net: net('203.0.113.0/24'), durationMs: netMs, source: 'manual' });
+  blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
+  await blocker.settle();
+}
+
 /** Wraps a runner to count the processes started, per tool and in all. */
 export function counting(inner: Runner): { runner: Runner; calls: (tool?: string) => number; reset: () => void } {
   const n = new Map<string, number>();

@@ -10,7 +10,7 @@ import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
-import { counting, makeBlocker } from '../../helpers/blocker.js';
+import { blockOfEachKind, counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['ipset', 'iptables', 'ip6tables', 'ip'];
 const OPTS: IpsetOptions = { table: 'rated', hook: 'input' };
@@ -249,10 +249,7 @@ test('Blocker: unblock and flush touch our sets only', async (t) => {
   await backend.ensure();
   const { blocker } = makeBlocker(backend);
   try {
-    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
-    blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
-    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
-    await blocker.settle();
+    await blockOfEachKind(blocker);
     assert.deepEqual(await values(ns, 'rated-v4'), ['198.51.100.7']);
     assert.deepEqual(await values(ns, 'rated-v4net'), ['203.0.113.0/24']);
 
@@ -279,10 +276,7 @@ test('Blocker: after `iptables -F INPUT` and `ipset destroy`, repair puts rules,
   await backend.ensure();
   const { blocker, metrics } = makeBlocker(backend);
   try {
-    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
-    blocker.block({ net: net('203.0.113.0/24'), durationMs: 300_000, source: 'manual' });
-    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
-    await blocker.settle();
+    await blockOfEachKind(blocker, 300_000);
 
     // A firewall reload: INPUT flushed, then the unreferenced set destroyed.
     await ns.run('iptables', ['-w', '-F', 'INPUT']);

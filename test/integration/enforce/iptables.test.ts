@@ -10,7 +10,7 @@ import { createNamespace, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
-import { counting, makeBlocker } from '../../helpers/blocker.js';
+import { blockOfEachKind, counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['iptables', 'ip6tables', 'iptables-restore', 'ip6tables-restore', 'ip'];
 const OPTS: IptablesOptions = { table: 'rated', hook: 'input' };
@@ -188,10 +188,7 @@ test('Blocker: unblock and flush touch our chain only', async (t) => {
   await backend.ensure();
   const { blocker } = makeBlocker(backend);
   try {
-    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
-    blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
-    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
-    await blocker.settle();
+    await blockOfEachKind(blocker);
 
     assert.ok(blocker.unblock(net('198.51.100.7')));
     await blocker.settle();

@@ -9,7 +9,7 @@ import { createNamespace, veth, type Namespace } from '../../helpers/netns.js';
 import { prereqsMet, requireRoot, requireTools } from '../../helpers/prereq.js';
 import { waitFor } from '../../helpers/wait-for.js';
 import { net } from '../../helpers/net.js';
-import { counting, makeBlocker } from '../../helpers/blocker.js';
+import { blockOfEachKind, counting, makeBlocker } from '../../helpers/blocker.js';
 
 const TOOLS = ['nft', 'ip'];
 const OPTS: NftOptions = { table: 'rated', hook: 'input', priority: -10, ipv6Prefix: 64, maxBlocks: 1_048_576 };
@@ -338,10 +338,7 @@ test('Blocker: flush empties our sets only', async (t) => {
   await backend.ensure();
   const { blocker } = makeBlocker(backend);
   try {
-    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
-    blocker.block({ net: net('203.0.113.0/24'), durationMs: 600_000, source: 'manual' });
-    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
-    await blocker.settle();
+    await blockOfEachKind(blocker);
     assert.equal((await kernelValues(ns, 'v4')).length + (await kernelValues(ns, 'v6')).length, 3);
 
     assert.equal(await blocker.flush(), 3);
@@ -362,10 +359,7 @@ test('Blocker: after `nft flush ruleset`, repair recreates the table and restore
   await backend.ensure();
   const { blocker, metrics } = makeBlocker(backend);
   try {
-    blocker.block({ net: net('198.51.100.7'), durationMs: 600_000, source: 'rule' });
-    blocker.block({ net: net('203.0.113.0/24'), durationMs: 300_000, source: 'manual' });
-    blocker.block({ net: net('2001:db8:1:2::/64'), durationMs: 600_000, source: 'rule' });
-    await blocker.settle();
+    await blockOfEachKind(blocker, 300_000);
 
     await ns.run('nft', ['flush', 'ruleset']);
     assert.equal((await backend.check()).intact, false);
