@@ -85,7 +85,7 @@ export function parseNetwork(input: string): Network | null {
     if (!isMapped() || prefix < 96) {
       if (prefix === 128) return usableV6() ? { family: 6, value: valueV6(), prefix, text: formatV6() } : null;
       maskV6(prefix);
-      return { family: 6, value: valueV6(), prefix, text: `${formatV6()}/${prefix}` };
+      return { family: 6, value: valueV6(), prefix, text: formatV6(`/${prefix}`) };
     }
     v4 = mappedV4();
     prefix -= 96;
@@ -93,7 +93,7 @@ export function parseNetwork(input: string): Network | null {
   // A full-length prefix names one address, which must pass the same checks as a bare one.
   if (prefix === 32) return usableV4(v4) ? { family: 4, value: BigInt(v4), prefix, text: formatV4(v4) } : null;
   v4 = maskV4(v4, prefix);
-  return { family: 4, value: BigInt(v4), prefix, text: `${formatV4(v4)}/${prefix}` };
+  return { family: 4, value: BigInt(v4), prefix, text: formatV4(v4, `/${prefix}`) };
 }
 
 /** The network of length `prefix` that contains `n`; `n` itself when it is already that long or shorter. */
@@ -102,12 +102,12 @@ export function toNetwork(n: Network, prefix: number): Network {
   if (!Number.isInteger(prefix) || prefix < 0) throw new RangeError(`prefix must be a non-negative integer, got ${prefix}`);
   if (n.family === 4) {
     const v4 = maskV4(Number(n.value), prefix);
-    return { family: 4, value: BigInt(v4), prefix, text: `${formatV4(v4)}/${prefix}` };
+    return { family: 4, value: BigInt(v4), prefix, text: formatV4(v4, `/${prefix}`) };
   }
   const hostBits = BigInt(128 - prefix);
   const value = (n.value >> hostBits) << hostBits;
   loadV6(value);
-  return { family: 6, value, prefix, text: `${formatV6()}/${prefix}` };
+  return { family: 6, value, prefix, text: formatV6(`/${prefix}`) };
 }
 
 /** True when `inner` lies entirely inside `outer` (same family, at least as long a prefix). */
@@ -379,12 +379,14 @@ function loadV6(value: bigint): void {
   groups[7] = low % 65536;
 }
 
-function formatV4(v4: number): string {
-  return `${DECIMAL[v4 >>> 24] ?? ''}.${DECIMAL[(v4 >>> 16) & 255] ?? ''}.${DECIMAL[(v4 >>> 8) & 255] ?? ''}.${DECIMAL[v4 & 255] ?? ''}`;
+// Texts are joined, never concatenated: a concatenation of 13 characters or more is a tree of
+// string pieces that a block keeps for as long as it lasts (about 60 bytes instead of 32).
+function formatV4(v4: number, suffix = ''): string {
+  return [DECIMAL[v4 >>> 24], DECIMAL[(v4 >>> 16) & 255], DECIMAL[(v4 >>> 8) & 255], `${DECIMAL[v4 & 255] ?? ''}${suffix}`].join('.');
 }
 
 /** RFC 5952 text of `groups`: lowercase, no leading zeros, the first longest run of two or more zero groups as `::`. */
-function formatV6(): string {
+function formatV6(suffix = ''): string {
   let gap = -1;
   let gapLength = 1;
   for (let i = 0; i < 8; ) {
@@ -411,5 +413,6 @@ function formatV6(): string {
     const g = group(i);
     out += g < 256 ? (HEX[g] ?? '') : (HEX[g >>> 8] ?? '') + (HEX_PADDED[g & 255] ?? '');
   }
-  return out;
+  // One copy into a flat string (see formatV4).
+  return [out, suffix].join('');
 }

@@ -26,6 +26,8 @@ export type LiftCause = 'expired' | 'unblock' | 'flush' | 'refused';
 
 /** How many of the latest blocks `latest()` can show. */
 const NEWEST_KEPT = 100;
+/** Distinct rule names, reasons and sources kept once each (`Words`). */
+const WORDS_KEPT = 10_000;
 
 /** How long after its expiry an element of ours may still be in the kernel without being a stranger to adopt. */
 const LINGER_MS = 30_000;
@@ -83,8 +85,14 @@ export interface BlockerOptions {
  */
 export class Blocker {
   private readonly blocks = new Map<string, Block>();
-  /** Blocks per `family/prefix`, to find nesting without scanning every block. */
-  private readonly byLength = new Map<string, Set<Block>>();
+  /**
+   * How many blocks there are of each prefix length, per family: nesting is
+   * looked up one length in use at a time, never by scanning every block
+   * (and costs no memory per block).
+   */
+  private readonly lengths: Record<4 | 6, Uint32Array> = { 4: new Uint32Array(33), 6: new Uint32Array(129) };
+  /** Rule names, reasons and sources, each kept once however many blocks share it. */
+  private readonly words = new Words();
   /** Refusals in a row of blocks the kernel would not take. */
   private readonly refusals = new Map<string, number>();
   private readonly backend: Backend;
@@ -157,14 +165,12 @@ export class Blocker {
   holding(net: Network): Block | undefined {
     const own = this.blocks.get(net.text);
     if (own) return own;
-    let found: Block | undefined;
-    for (const key of this.byLength.keys()) {
-      const [f, len] = key.split('/').map(Number) as [number, number];
-      if (f !== net.family || len >= net.prefix) continue;
-      const b = this.blocks.get(toNetwork(net, len).text);
-      if (b && (!found || b.net.prefix > found.net.prefix)) found = b;
+    const counts = this.lengths[net.family];
+    for (let len = net.prefix - 1; len >= 0; len--) {
+      const b = counts[len] ? this.blocks.get(toNetwork(net, len).text) : undefined;
+      if (b) return b;
     }
-    return found;
+    return undefined;
   }
 
   /** What the kernel element of `net` dropped, when the elements can be read at a bearable cost. */
@@ -538,45 +544,43 @@ export class Blocker {
   }
 
   private insert(block: Block): void {
+    // A journal read back or a Redis page gives each block its own copy of the same few words.
+    block.rule = this.words.of(block.rule);
+    block.reason = this.words.of(block.reason);
+    block.source = this.words.of(block.source);
     this.blocks.set(block.net.text, block);
     this.options.record?.put(block);
     if (block.expires !== null) this.expiry.push(block.expires, block);
-    const key = `${block.net.family}/${block.net.prefix}`;
-    let set = this.byLength.get(key);
-    if (!set) this.byLength.set(key, (set = new Set()));
-    set.add(block);
+    this.countLength(block.net, 1);
   }
 
   private remove(block: Block): void {
     this.blocks.delete(block.net.text);
     this.options.record?.lift(block.net);
     this.refusals.delete(block.net.text);
-    const key = `${block.net.family}/${block.net.prefix}`;
-    const set = this.byLength.get(key);
-    set?.delete(block);
-    if (set?.size === 0) this.byLength.delete(key);
+    this.countLength(block.net, -1);
+  }
+
+  private countLength(net: Network, by: number): void {
+    const counts = this.lengths[net.family];
+    counts[net.prefix] = (counts[net.prefix] ?? 0) + by;
   }
 
   /** True when another active block contains this one. */
   private coveredByOther(block: Block): boolean {
-    const { family, prefix } = block.net;
-    for (const key of this.byLength.keys()) {
-      const [f, len] = key.split('/').map(Number) as [number, number];
-      if (f !== family || len >= prefix) continue;
-      if (this.blocks.has(toNetwork(block.net, len).text)) return true;
+    const counts = this.lengths[block.net.family];
+    for (let len = block.net.prefix - 1; len >= 0; len--) {
+      if (counts[len] && this.blocks.has(toNetwork(block.net, len).text)) return true;
     }
     return false;
   }
 
-  /** The active blocks strictly inside this one. */
+  /** The active blocks strictly inside this one: a walk of every block, and only for a network that may hold some. */
   private inside(block: Block): Block[] {
-    const out: Block[] = [];
     const { family, prefix } = block.net;
-    for (const [key, set] of this.byLength) {
-      const [f, len] = key.split('/').map(Number) as [number, number];
-      if (f !== family || len <= prefix) continue;
-      for (const b of set) if (contains(block.net, b.net)) out.push(b);
-    }
+    if (!this.lengths[family].some((n, len) => n > 0 && len > prefix)) return [];
+    const out: Block[] = [];
+    for (const b of this.blocks.values()) if (b.net.prefix > prefix && b.net.family === family && contains(block.net, b.net)) out.push(b);
     return out;
   }
 
@@ -695,5 +699,22 @@ export class Blocker {
   /** True when the last commit failed and a repair is due. */
   get needsRepair(): boolean {
     return this.dirty;
+  }
+}
+
+/**
+ * One copy of each of the few strings many blocks share (a rule's name, an
+ * import's reason): 1,000,000 blocks read back each carry their own copy
+ * otherwise. Bounded: once full, new words are kept as they come.
+ */
+class Words {
+  private readonly seen = new Map<string, string>();
+
+  of<T extends string | null>(word: T): T {
+    if (word === null) return word;
+    const known = this.seen.get(word);
+    if (known !== undefined) return known as T;
+    if (this.seen.size < WORDS_KEPT) this.seen.set(word, word);
+    return word;
   }
 }
