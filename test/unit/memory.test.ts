@@ -1,4 +1,5 @@
-// The memory settler: a full collection after a burst, on a quiet loop only.
+// The memory settler: a full collection after a burst, on a quiet loop only;
+// a compacting one when the heap holds much more than it uses and the loop is idle.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemorySettler } from '../../src/memory.js';
@@ -9,7 +10,9 @@ test('a full collection runs once the heap has grown by 32 MB and the loop is qu
   let heap = 40 * MB;
   let busy = 0.9;
   let runs = 0;
-  const s = new MemorySettler({ everyMs: 3_600_000, gc: () => { runs++; heap = 60 * MB; }, heapUsed: () => heap, busy: () => busy });
+  const s = new MemorySettler({
+    everyMs: 3_600_000, gc: () => { runs++; heap = 60 * MB; }, heap: () => ({ used: heap, total: heap + 8 * MB }), busy: () => busy,
+  });
   try {
     s.look();
     assert.equal(runs, 0, 'not during a burst');
@@ -23,16 +26,55 @@ test('a full collection runs once the heap has grown by 32 MB and the loop is qu
     s.look();
     assert.equal(runs, 2);
     assert.equal(s.collections, 2);
+    assert.equal(s.compactions, 0, 'the heap held little room: nothing to compact away');
   } finally {
     s.close();
   }
 });
 
-test('V8\'s own collection is found and runs', () => {
-  const s = new MemorySettler({ everyMs: 3_600_000, busy: () => 0, heapUsed: () => 64 * MB });
+test('room left after a collection is compacted away once, when the loop is idle', () => {
+  let used = 500 * MB;
+  let total = 520 * MB;
+  let busy = 0.1;
+  const runs: boolean[] = [];
+  const s = new MemorySettler({
+    everyMs: 3_600_000,
+    gc: (compact) => {
+      runs.push(compact);
+      used = 290 * MB;
+      total = compact ? 300 * MB : 500 * MB;
+    },
+    heap: () => ({ used, total }),
+    busy: () => busy,
+  });
+  try {
+    s.look();
+    assert.deepEqual(runs, [false], 'a quiet loop: a plain collection, which leaves 210 MB held and unused');
+    s.look();
+    assert.deepEqual(runs, [false], 'traffic goes on (10% busy): no compaction, which holds the loop longer');
+    busy = 0.01;
+    s.look();
+    assert.deepEqual(runs, [false, true], 'idle: one compacting collection');
+    s.look();
+    assert.deepEqual(runs, [false, true], 'and not again: the room is gone and the heap has not grown');
+    assert.equal(s.compactions, 1);
+  } finally {
+    s.close();
+  }
+});
+
+test('V8\'s own collections are found and run, plain and compacting', () => {
+  let compacted = false;
+  const s = new MemorySettler({
+    everyMs: 3_600_000, busy: () => 0,
+    heap: () => (compacted ? { used: 64 * MB, total: 70 * MB } : { used: 64 * MB, total: 200 * MB }),
+    onCollected: (c) => { compacted ||= c.compacted; },
+  });
   try {
     s.look();
     assert.equal(s.collections, 1);
+    s.look();
+    assert.equal(s.compactions, 1, 'V8 took the flag for one collection');
   } finally {
     s.close();
   }
