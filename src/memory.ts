@@ -2,14 +2,14 @@ import { performance } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
-/** Heap growth since the last full collection worth one more: the garbage of a burst, or what it keeps. */
-const GROWTH_BYTES = 32 * 1024 * 1024;
+/** Heap growth since the last full collection worth one more (the garbage of a burst, or what it keeps): this, or an eighth of what that one kept. */
+const GROWTH_BYTES = 16 * 1024 * 1024;
 /** Busier than this since the last look (event loop utilisation), and nothing is done. */
 const BUSY = 0.25;
 /** Idle: no more than this since the last look, when a compacting collection may hold the loop for a while. */
 const IDLE = 0.05;
-/** Room the heap keeps beyond what is live after a collection that is worth compacting away. */
-const SLACK_BYTES = 64 * 1024 * 1024;
+/** Room the heap keeps beyond what is live after a collection that is worth compacting away: this, or a quarter of what is live. */
+const SLACK_BYTES = 16 * 1024 * 1024;
 
 export interface SettlerOptions {
   /** How often the heap is looked at. @default 10 s */
@@ -29,7 +29,7 @@ export interface SettlerOptions {
  * 100,000 blocks leaves the heap more than twice the size of what it keeps
  * (the batches' text, log lines, firewall scripts), and V8 holds on to that
  * memory for as long as nothing forces a full collection — on a quiet
- * server, indefinitely. Every 10 s, when the heap has grown by 32 MB since
+ * server, indefinitely. Every 10 s, when the heap has grown by 16 MB or an eighth since
  * the last full collection and the event loop was mostly idle, one full
  * collection runs (tens of ms at 100,000 blocks); never during an attack's
  * busy seconds. At 1,000,000 blocks one collection takes a few hundred ms,
@@ -37,10 +37,10 @@ export interface SettlerOptions {
  *
  * A collection frees objects but leaves the pages they were on: after a
  * burst at 1,000,000 blocks the heap held 500 MB for 290 MB in use. When
- * that room exceeds 64 MB and a quarter of what is in use, the next look at
+ * that room exceeds 16 MB and a quarter of what is in use, the next look at
  * an idle loop (no traffic to speak of) runs one compacting collection,
  * which moves the live objects together and gives the pages back (1.7 s at
- * 1,000,000 blocks on one core, 0.1 s at 100,000).
+ * 1,000,000 blocks on one core, 0.3 s at 100,000).
  */
 export class MemorySettler {
   private readonly timer: NodeJS.Timeout;
@@ -74,7 +74,7 @@ export class MemorySettler {
     const before = this.heap().used;
     if (this.gc === null || busy > BUSY) return;
     const compact = this.compactDue && busy <= IDLE;
-    if (!compact && before - this.settled < GROWTH_BYTES) return;
+    if (!compact && before - this.settled < Math.max(GROWTH_BYTES, this.settled / 8)) return;
     const t0 = performance.now();
     this.gc(compact);
     const after = this.heap();

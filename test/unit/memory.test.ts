@@ -6,7 +6,7 @@ import { MemorySettler } from '../../src/memory.js';
 
 const MB = 1024 * 1024;
 
-test('a full collection runs once the heap has grown by 32 MB and the loop is quiet, never while it is busy', () => {
+test('a full collection runs once the heap has grown by 16 MB (or an eighth) and the loop is quiet, never while it is busy', () => {
   let heap = 40 * MB;
   let busy = 0.9;
   let runs = 0;
@@ -19,9 +19,9 @@ test('a full collection runs once the heap has grown by 32 MB and the loop is qu
     busy = 0.05;
     s.look();
     assert.equal(runs, 1, 'once it is quiet: 40 MB grown since nothing');
-    heap = 80 * MB;
+    heap = 70 * MB;
     s.look();
-    assert.equal(runs, 1, '20 MB more than what the last collection kept is not worth one');
+    assert.equal(runs, 1, '10 MB more than what the last collection kept is not worth one');
     heap = 95 * MB;
     s.look();
     assert.equal(runs, 2);
