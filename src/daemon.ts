@@ -88,7 +88,7 @@ export class Daemon implements ControlApi {
       config: c, source: this.options.source, backend: this.backend, receivers: this.receivers, control: control.socket, redis: this.redis?.status() ?? null,
     }), `rated started on ${this.options.source === 'embedded defaults' ? 'its embedded defaults' : this.options.source}`);
     this.started = true;
-    this.memory = new MemorySettler({ onCollected: (c) => this.log.debug(c, 'gave memory back after a burst') });
+    this.memory = new MemorySettler({ decisions: () => this.stats.decisions(), onCollected: (c) => this.log.debug(c, 'gave memory back after a burst') });
     // Behind the receivers (seconds at 1,000,000 blocks). A check before `ready` would adopt journal blocks not read yet as strangers.
     this.restored = restoreBehind({ keeper, blocker, redis: this.redis, log: this.log, onReconciled: () => (this.ready = true) });
   }

@@ -12,8 +12,10 @@ const IDLE = 0.05;
 const SLACK_BYTES = 16 * 1024 * 1024;
 
 export interface SettlerOptions {
-  /** How often the heap is looked at. @default 10 s */
+  /** How often the heap is looked at. @default 5 s */
   readonly everyMs?: number;
+  /** A count of decisions (blocks and unblocks): a look after it moved does nothing, so no collection lands among them. */
+  readonly decisions?: () => number;
   /** A full collection, compacting the heap when asked; null when it cannot be had. @default V8's */
   readonly gc?: ((compact: boolean) => void) | null;
   /** The heap in use and the heap held, in bytes. @default process.memoryUsage() */
@@ -29,10 +31,11 @@ export interface SettlerOptions {
  * 100,000 blocks leaves the heap more than twice the size of what it keeps
  * (the batches' text, log lines, firewall scripts), and V8 holds on to that
  * memory for as long as nothing forces a full collection — on a quiet
- * server, indefinitely. Every 10 s, when the heap has grown by 16 MB or an eighth since
- * the last full collection and the event loop was mostly idle, one full
- * collection runs (tens of ms at 100,000 blocks); never during an attack's
- * busy seconds. At 1,000,000 blocks one collection takes a few hundred ms,
+ * server, indefinitely. Every 5 s, when the heap has grown by 16 MB (or an
+ * eighth) since the last full collection, the event loop was mostly idle and
+ * no block was made or lifted (a collection holds the loop, and a new
+ * offender's block with it), one full collection runs (tens of ms at 100,000
+ * blocks); never during an attack's busy seconds. At 1,000,000 blocks one collection takes a few hundred ms,
  * once after a burst; the memory it gives back is several hundred MB.
  *
  * A collection frees objects but leaves the pages they were on: after a
@@ -55,6 +58,8 @@ export class MemorySettler {
   compactions = 0;
   /** The last collection left room worth compacting away once the loop is idle. */
   private compactDue = false;
+  private readonly decisions: () => number;
+  private lastDecisions = 0;
 
   constructor(o: SettlerOptions = {}) {
     this.gc = o.gc === undefined ? exposeGc() : o.gc;
@@ -63,16 +68,20 @@ export class MemorySettler {
       return { used: m.heapUsed, total: m.heapTotal };
     });
     this.busy = o.busy ?? loopBusy();
+    this.decisions = o.decisions ?? ((): number => 0);
     this.onCollected = o.onCollected;
-    this.timer = setInterval(() => this.look(), o.everyMs ?? 10_000);
+    this.timer = setInterval(() => this.look(), o.everyMs ?? 5000);
     this.timer.unref();
   }
 
   /** One look: a full collection when the heap has grown and the loop is quiet, a compacting one when it is idle and worth it. */
   look(): void {
     const busy = this.busy();
+    const decisions = this.decisions();
+    const deciding = decisions !== this.lastDecisions;
+    this.lastDecisions = decisions;
     const before = this.heap().used;
-    if (this.gc === null || busy > BUSY) return;
+    if (this.gc === null || busy > BUSY || deciding) return;
     const compact = this.compactDue && busy <= IDLE;
     if (!compact && before - this.settled < Math.max(GROWTH_BYTES, this.settled / 8)) return;
     const t0 = performance.now();

@@ -121,6 +121,11 @@ export class Metrics {
     });
   }
 
+  /** Blocks started and lifted so far, together. */
+  decisions(): number {
+    return this.blocks.total() + this.unblocks.total();
+  }
+
   async render(): Promise<string> {
     return this.registry.metrics();
   }

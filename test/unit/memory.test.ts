@@ -63,6 +63,23 @@ test('room left after a collection is compacted away once, when the loop is idle
   }
 });
 
+test('no collection while blocks are being made or lifted: it would hold a new offender\'s block', () => {
+  let decisions = 0;
+  let runs = 0;
+  const s = new MemorySettler({
+    everyMs: 3_600_000, gc: () => { runs++; }, heap: () => ({ used: 200 * MB, total: 210 * MB }), busy: () => 0.01, decisions: () => decisions,
+  });
+  try {
+    decisions = 3;
+    s.look();
+    assert.equal(runs, 0, 'blocks were made since the last look');
+    s.look();
+    assert.equal(runs, 1, 'none since: the collection runs');
+  } finally {
+    s.close();
+  }
+});
+
 test('V8\'s own collections are found and run, plain and compacting', () => {
   let compacted = false;
   const s = new MemorySettler({
