@@ -103,6 +103,8 @@ export class Blocker {
   private readonly batchDelayMs: number;
   private commitTimer: NodeJS.Timeout | null = null;
   private committing: Promise<void> | null = null;
+  /** When the last commit ended (performance.now()). */
+  private lastCommitEnded = Number.NEGATIVE_INFINITY;
   /** The firewall check in flight (`repair`). */
   private repairing: Promise<void> | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -627,12 +629,18 @@ export class Blocker {
     if (this.backend.pending() > 0) this.scheduleCommit();
   }
 
+  /**
+   * A change after a quiet spell goes to the kernel at once; changes that
+   * follow a commit within `batchDelayMs` (a storm) gather for that long, and
+   * while a commit runs, until it is done.
+   */
   private scheduleCommit(): void {
     if (this.commitTimer || this.closed) return;
+    const quiet = this.committing === null && performance.now() - this.lastCommitEnded >= this.batchDelayMs;
     this.commitTimer = setTimeout(() => {
       this.commitTimer = null;
       void this.commitNow();
-    }, this.batchDelayMs);
+    }, quiet ? 0 : this.batchDelayMs);
   }
 
   /** Sends the queue to the kernel; one commit at a time. */
@@ -662,6 +670,7 @@ export class Blocker {
         this.recordError('firewall', err);
       } finally {
         this.committing = null;
+        this.lastCommitEnded = performance.now();
       }
     })();
     await this.committing;

@@ -1,12 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
+import { performance } from 'node:perf_hooks';
 import type { Network } from '../../../src/address.js';
 import { QueuedBackend, type Backend, type CommitResult, type KernelEntry, type Op } from '../../../src/enforce/backend.js';
 import { Blocker } from '../../../src/enforce/blocker.js';
 import { createLogger } from '../../../src/log.js';
 import { Metrics } from '../../../src/metrics.js';
 import { net } from '../../helpers/net.js';
+import { waitFor } from '../../helpers/wait-for.js';
 
 /** A backend that keeps its "kernel" in a map and refuses overlapping elements, like an nft interval set. */
 class IntervalSetBackend extends QueuedBackend implements Backend {
@@ -73,6 +75,32 @@ function setup(allowed: string[] = ['127.0.0.0/8']) {
   });
   return { backend, blocker, advance: (ms: number) => (now += ms), now: () => now };
 }
+
+test('a change after a quiet spell is committed at once; changes right after a commit gather for the batch delay', async () => {
+  const backend = new IntervalSetBackend();
+  const blocker = new Blocker({
+    backend, isAllowed: () => false, log: createLogger('silent'), metrics: new Metrics({ activeBlocks: () => 0, trackedClients: () => 0 }),
+    batchDelayMs: 2000,
+  });
+  try {
+    const t0 = performance.now();
+    blocker.block({ net: net('192.0.2.1'), durationMs: 60_000, source: 'manual' });
+    blocker.block({ net: net('192.0.2.2'), durationMs: 60_000, source: 'manual' });
+    await waitFor(() => backend.commits.length === 1, { timeoutMs: 1500, what: 'the first commit, well before the 2 s batch delay' });
+    assert.deepEqual(backend.commits[0]?.map((o) => o.net.text), ['192.0.2.1', '192.0.2.2'], 'one event-loop turn, one batch');
+    blocker.block({ net: net('192.0.2.3'), durationMs: 60_000, source: 'manual' });
+    blocker.block({ net: net('192.0.2.4'), durationMs: 60_000, source: 'manual' });
+    const second = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(backend.commits.length, 1, 'right after a commit: a storm, whose changes gather');
+    await waitFor(() => backend.commits.length === 2, { timeoutMs: 5000, what: 'the second commit, after the batch delay' });
+    assert.deepEqual(backend.commits[1]?.map((o) => o.net.text), ['192.0.2.3', '192.0.2.4']);
+    assert.ok(performance.now() - second >= 1900, 'it waited for the batch delay');
+    assert.ok(second - t0 < 1500);
+  } finally {
+    await blocker.close();
+  }
+});
 
 test('a block reaches the kernel in one batch with its timeout', async () => {
   const { backend, blocker } = setup();
