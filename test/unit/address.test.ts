@@ -199,8 +199,10 @@ describe('parseAddress', () => {
 
   const max128 = (1n << 128n) - 1n;
   const linkLocal = (v: bigint): boolean => v >> 118n === 0x3fan;
+  // RFC 6666: 100::/64 is discard-only, never a client.
+  const discardOnly = (v: bigint): boolean => v >> 64n === 0x0100_0000_0000_0000n;
   const usableV6 = (v: bigint): boolean =>
-    v !== 0n && v >> 120n !== 0xffn && v >> 32n !== 0xffffn && !linkLocal(v);
+    v !== 0n && v >> 120n !== 0xffn && v >> 32n !== 0xffffn && !linkLocal(v) && !discardOnly(v);
   const fullText = (v: bigint, upper: boolean): string => {
     const hex = v.toString(16).padStart(32, '0');
     const text = hex.match(/.{4}/g)?.join(':') ?? '';
@@ -211,7 +213,7 @@ describe('parseAddress', () => {
   function checkV6(v: bigint, upper: boolean): void {
     const n = parseAddress(fullText(v, upper));
     if (!usableV6(v)) {
-      if (v === 0n || v >> 120n === 0xffn || linkLocal(v)) assert.equal(n, null);
+      if (v === 0n || v >> 120n === 0xffn || linkLocal(v) || discardOnly(v)) assert.equal(n, null);
       return;
     }
     assert.ok(n);
