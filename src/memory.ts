@@ -35,8 +35,9 @@ export interface SettlerOptions {
  * eighth) since the last full collection, the event loop was mostly idle and
  * no block was made or lifted (a collection holds the loop, and a new
  * offender's block with it), one full collection runs (tens of ms at 100,000
- * blocks); never during an attack's busy seconds. At 1,000,000 blocks one collection takes a few hundred ms,
- * once after a burst; the memory it gives back is several hundred MB.
+ * blocks); never during an attack's busy seconds. At 1,000,000 blocks one
+ * takes a few hundred ms, once after a burst; the memory it gives back is
+ * several hundred MB.
  *
  * A collection frees objects but leaves the pages they were on: after a
  * burst at 1,000,000 blocks the heap held 500 MB for 290 MB in use. When
@@ -53,8 +54,9 @@ export class MemorySettler {
   private readonly onCollected: SettlerOptions['onCollected'];
   /** The heap in use after the last full collection. */
   private settled = 0;
-  /** Full collections run, and of those compacting ones. */
+  /** Full collections run. */
   collections = 0;
+  /** Of those, the compacting ones. */
   compactions = 0;
   /** The last collection left room worth compacting away once the loop is idle. */
   private compactDue = false;
