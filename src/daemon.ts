@@ -107,6 +107,7 @@ export class Daemon implements ControlApi {
         this.log.info({ lifted: n }, 'flushed every block on exit (firewall.flushOnExit)');
       }
       await core?.blocker.close();
+      (this.backend as Backend | undefined)?.close?.();
       // Runs still queued are dropped; those in flight are killed: a stop takes at most 5 s.
       this.hooks?.close();
       await this.control?.close();

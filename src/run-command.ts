@@ -1,6 +1,7 @@
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { execa } from 'execa';
 
 /** The result of one firewall command. */
@@ -11,7 +12,15 @@ export interface CommandResult {
 }
 
 /** Runs a tool (the firewall's, `systemd-notify`): argument array, optional stdin script, never a shell. */
-export type Runner = (file: string, args: readonly string[], input?: string) => Promise<CommandResult>;
+export interface Runner {
+  (file: string, args: readonly string[], input?: string): Promise<CommandResult>;
+  /**
+   * Starts a long-lived tool the same way (prefix, environment, its own
+   * process group), its standard streams pipes; `env` adds to the
+   * environment. Runners made by tests from a function alone lack it.
+   */
+  readonly start?: (file: string, args: readonly string[], env?: Readonly<Record<string, string>>) => ChildProcessWithoutNullStreams;
+}
 
 /** Thrown when a tool cannot be run at all (missing binary, timeout); carries the tool's name. */
 export class CommandError extends Error {
@@ -31,7 +40,13 @@ export class CommandError extends Error {
 export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Runner {
   const prefix = options.prefix ?? [];
   const timeoutMs = options.timeoutMs ?? 10_000;
-  return async (file, args, input) => {
+  // The tools' messages are matched in English; `env` replaces the inherited environment.
+  const environment = (more: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv => ({ ...(options.env ?? process.env), ...more, LC_ALL: 'C' });
+  const start = (file: string, args: readonly string[], env?: Readonly<Record<string, string>>): ChildProcessWithoutNullStreams => {
+    const [cmd, ...rest] = [...prefix, file, ...args];
+    return spawn(cmd ?? file, rest, { stdio: ['pipe', 'pipe', 'pipe'], detached: true, shell: false, env: environment(env) });
+  };
+  const run = async (file: string, args: readonly string[], input?: string): Promise<CommandResult> => {
     const [cmd, ...rest] = prefix.length > 0 ? [...prefix, file, ...args] : [file, ...args];
     const stdin = input ? inputFile(input) : null;
     let killer: NodeJS.Timeout | undefined;
@@ -47,9 +62,8 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
         detached: true,
         stripFinalNewline: false,
         maxBuffer: 512 * 1024 * 1024,
-        // The tools' messages are matched in English; `env` replaces the inherited environment.
-        env: { ...options.env, LC_ALL: 'C' },
-        extendEnv: options.env === undefined,
+        env: environment(),
+        extendEnv: false,
       });
       const gaveUp = new Promise<null>((resolve) => {
         killer = setTimeout(() => {
@@ -83,13 +97,14 @@ export function createRunner(options: { prefix?: readonly string[]; timeoutMs?: 
       if (stdin !== null) closeSync(stdin);
     }
   };
+  return Object.assign(run, { start });
 }
 
 /** How long to wait, after killing a timed-out tool, for it and its pipes to go. */
 const GIVE_UP_AFTER_KILL_MS = 1000;
 
 /** SIGKILL to a tool's whole process group; it may be gone already. */
-function killGroup(pid: number | undefined): void {
+export function killGroup(pid: number | undefined): void {
   if (pid === undefined) return;
   try {
     process.kill(-pid, 'SIGKILL');

@@ -33,6 +33,7 @@ export async function offline<T>(config: Config, readKernel: boolean, act: (op: 
   }
   const result = await act(operator, { blocker, allow });
   await blocker.close();
+  backend.close?.();
   if (blocker.needsRepair) {
     // The kernel still holds what it refused: the journal keeps it too.
     throw new RatedError('FIREWALL_FAILED', `the firewall refused the change: ${blocker.lastErrors.at(-1)?.error ?? 'unknown error'}`);

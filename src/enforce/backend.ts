@@ -73,6 +73,8 @@ export interface Backend {
    * null when that cannot be known as cheaply.
    */
   flush(): Promise<number | null>;
+  /** Ends what the backend keeps running between changes (a long-lived nft); the next change starts it again. */
+  close?(): void;
 }
 
 /** One queued change. */

@@ -4,7 +4,8 @@ import {
   applyBisecting, QueuedBackend, timeoutSeconds,
   type Backend, type CommitResult, type DroppedTotals, type KernelEntry, type Op, type StructureCheck,
 } from './backend.js';
-import { CommandError, type Runner } from '../run-command.js';
+import { NftSession, SESSION_MAX_BYTES, SessionUnavailable } from './nft-session.js';
+import { CommandError, type CommandResult, type Runner } from '../run-command.js';
 
 /** Where our nftables objects live. */
 export interface NftOptions {
@@ -233,8 +234,18 @@ export class NftablesBackend extends QueuedBackend implements Backend {
   /** Listing a hash set takes 1 s at 100,000 elements and grows faster than the set (HARDENING §6). */
   readonly readLimit = 100_000;
 
+  /** Small changes go through one long-lived nft; none when the runner cannot start one. */
+  private readonly session: NftSession | null;
+
   constructor(private readonly run: Runner, private readonly options: NftOptions) {
     super();
+    const start = run.start;
+    // HOME names no directory: nft's interactive mode would write its history file there on exit.
+    this.session = start ? new NftSession(() => start('nft', ['-j', '-i'], { HOME: '/dev/null' })) : null;
+  }
+
+  close(): void {
+    this.session?.close();
   }
 
   async probe(): Promise<void> {
@@ -282,7 +293,7 @@ export class NftablesBackend extends QueuedBackend implements Backend {
 
   protected async apply(ops: Op[]): Promise<CommitResult> {
     const apply = async (batch: readonly Op[]): Promise<string | null> => {
-      const result = await this.run('nft', ['-j', '-f', '-'], JSON.stringify(renderOps(this.options, batch)));
+      const result = await this.change(JSON.stringify(renderOps(this.options, batch)));
       return result.exitCode === 0 ? null : explain(firstLine(result.stderr)) || `nft exited with ${result.exitCode}`;
     };
     return applyBisecting(ops, async (batch) => {
@@ -294,6 +305,18 @@ export class NftablesBackend extends QueuedBackend implements Backend {
       if (op.kind === 'delete') return null;
       return op.replace ? apply([{ ...op, replace: false }]) : error;
     });
+  }
+
+  /** Applies one document of changes: a small one through the session, a large one (or any, without a session) in a process. */
+  private async change(doc: string): Promise<CommandResult> {
+    if (this.session && !this.session.disabled && doc.length <= SESSION_MAX_BYTES) {
+      try {
+        return await this.session.run(doc);
+      } catch (err) {
+        if (!(err instanceof SessionUnavailable)) throw err;
+      }
+    }
+    return this.run('nft', ['-j', '-f', '-'], doc);
   }
 
   async list(): Promise<KernelEntry[]> {

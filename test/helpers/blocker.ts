@@ -35,15 +35,22 @@ export async function blockOfEachKind(blocker: Blocker, netMs = 600_000): Promis
   await blocker.settle();
 }
 
-/** Wraps a runner to count the processes started, per tool and in all. */
-export function counting(inner: Runner): { runner: Runner; calls: (tool?: string) => number; reset: () => void } {
+/** Wraps a runner to count the processes started, per tool and in all; long-lived ones (`start`) are counted apart, as `starts`. */
+export function counting(inner: Runner): { runner: Runner; calls: (tool?: string) => number; starts: () => number; reset: () => void } {
   const n = new Map<string, number>();
+  let started = 0;
+  const run = (file: string, args: readonly string[], input?: string): ReturnType<Runner> => {
+    n.set(file, (n.get(file) ?? 0) + 1);
+    return inner(file, args, input);
+  };
+  const start = inner.start;
   return {
-    runner: (file, args, input) => {
-      n.set(file, (n.get(file) ?? 0) + 1);
-      return inner(file, args, input);
-    },
+    runner: start ? Object.assign(run, { start: (...a: Parameters<typeof start>) => (started++, start(...a)) }) : run,
     calls: (tool) => (tool === undefined ? [...n.values()].reduce((a, b) => a + b, 0) : n.get(tool) ?? 0),
-    reset: () => n.clear(),
+    starts: () => started,
+    reset: () => {
+      n.clear();
+      started = 0;
+    },
   };
 }

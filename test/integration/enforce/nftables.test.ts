@@ -2,6 +2,8 @@
 // namespace this file creates and deletes: the host's firewall is never touched.
 import { after, before, beforeEach, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { clientKey, parseAddress, type Network } from '../../../src/address.js';
 import { NftablesBackend, type NftOptions } from '../../../src/enforce/nftables.js';
@@ -170,6 +172,7 @@ test('1000 distinct addresses go to the kernel in one nft process, each with a t
   console.log(`nftables: 1000-element batch committed in ${ms.toFixed(1)} ms`);
   assert.deepEqual(result, { applied: 1000, failed: [] });
   assert.equal(count.calls(), 1, 'one nft process for the whole batch');
+  assert.equal(count.starts(), 0, 'a batch this large is not sent through the long-lived nft');
 
   const elems = await kernelSet(ns, 'v4');
   assert.equal(elems.length, 1000);
@@ -179,6 +182,71 @@ test('1000 distinct addresses go to the kernel in one nft process, each with a t
     assert.ok(e.expires !== null && e.expires > 590 && e.expires <= 600, `${e.val} expires in ${e.expires}s`);
   }
   assert.equal((await backend.list()).length, 1000);
+});
+
+test('single changes go through one long-lived nft: they land with their timeouts, a refused one is reported, a killed nft is replaced', async (t) => {
+  const ns = setup(t);
+  if (!ns) return;
+  const children: ChildProcess[] = [];
+  const start = ns.runner.start;
+  assert.ok(start, 'the runner can start a long-lived tool');
+  const count = counting(Object.assign((file: string, args: readonly string[], input?: string) => ns.runner(file, args, input), {
+    start: (...a: Parameters<typeof start>) => {
+      const child = start(...a);
+      children.push(child);
+      return child;
+    },
+  }));
+  const backend = new NftablesBackend(count.runner, OPTS);
+  try {
+    await backend.ensure();
+    count.reset();
+    for (let i = 1; i <= 20; i++) {
+      backend.add(net(`198.51.100.${i}`), i * 60_000, false);
+      assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+    }
+    backend.add(net('198.51.100.1'), 7_200_000, true);
+    backend.delete(net('198.51.100.2'));
+    assert.deepEqual(await backend.commit(), { applied: 2, failed: [] });
+    assert.equal(count.calls('nft'), 0, 'no nft process for a small change');
+    assert.equal(count.starts(), 1, 'one long-lived nft for all of them');
+    const elems = new Map((await kernelSet(ns, 'v4')).map((e) => [e.val, e.timeout]));
+    assert.equal(elems.size, 19);
+    assert.equal(elems.get('198.51.100.1'), 7200, 'the renewal replaced the timeout');
+    assert.equal(elems.has('198.51.100.2'), false, 'the delete landed');
+    assert.equal(elems.get('198.51.100.20'), 1200);
+
+    // Bypasses the validator on purpose: nft refuses it, and the session goes on.
+    const poison: Network = { family: 4, value: 0n, prefix: 32, text: '999.1.1.1' };
+    backend.add(poison, 60_000, false);
+    const refused = await backend.commit();
+    assert.equal(refused.applied, 0);
+    assert.match(refused.failed[0]?.error ?? '', /Error/, 'the refusal carries nft\'s message');
+    backend.add(net('198.51.100.30'), 60_000, false);
+    assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+    assert.equal(count.starts(), 1, 'a refused document does not end the session');
+
+    const first = children[0];
+    assert.ok(first?.pid !== undefined);
+    // The session does not hold the process open; the test waits for the exit, so it does.
+    first.ref();
+    const gone = once(first, 'exit');
+    process.kill(first.pid, 'SIGKILL');
+    await gone;
+    backend.add(net('198.51.100.31'), 60_000, false);
+    assert.deepEqual(await backend.commit(), { applied: 1, failed: [] });
+    assert.equal(count.starts(), 2, 'the next change started a new nft');
+    assert.ok((await kernelValues(ns, 'v4')).includes('198.51.100.31'));
+    assert.equal(count.calls('nft'), 0);
+  } finally {
+    backend.close();
+  }
+  const last = children.at(-1);
+  if (last && last.exitCode === null && last.signalCode === null) {
+    last.ref();
+    await once(last, 'exit');
+  }
+  assert.equal(last?.exitCode, 0, 'nft ends by itself when the session is closed');
 });
 
 test('extending a block renews its kernel timeout', async (t) => {
@@ -267,7 +335,8 @@ test('an IPv6 /64 client block lands in hash set v6 as its network address', asy
 test('Blocker: a /24 around a blocked address replaces it in the kernel; lifting the /24 puts it back', async (t) => {
   const ns = setup(t);
   if (!ns) return;
-  const count = counting(ns.runner);
+  // Processes only (a plain function has no long-lived nft): each transaction is one call.
+  const count = counting((file, args, input) => ns.exec(file, args, input));
   const backend = new NftablesBackend(count.runner, OPTS);
   await backend.ensure();
   const { blocker, metrics } = makeBlocker(backend);
