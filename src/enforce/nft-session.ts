@@ -77,6 +77,8 @@ export class NftSession {
   /** Sends one JSON document (one line, one transaction); resolves with what nft said of it. */
   run(doc: string): Promise<CommandResult> {
     if (this.unavailable !== null) return Promise.reject(new SessionUnavailable(this.unavailable));
+    // nft takes each line as a transaction of its own: a document must stay one.
+    if (doc.includes('\n')) return Promise.reject(new RangeError('a document for the nft session must be a single line'));
     const child = this.child ?? this.spawn();
     const mark = `} rated ${this.nonce} ${++this.serial}`;
     return new Promise((resolve, reject) => {

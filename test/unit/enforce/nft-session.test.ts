@@ -26,6 +26,16 @@ test('takeAnswer: an answer not complete yet (the caret line still to come) is n
   assert.equal(takeAnswer(REFUSED_MARK, '} rated 0a1b2c3d 8'), null, 'another marker\'s answer is not this one');
 });
 
+test('a document of more than one line is refused before it is sent: nft would take each line as a transaction of its own', async () => {
+  let starts = 0;
+  const session = new NftSession(() => {
+    starts++;
+    return spawn('true', [], { stdio: ['pipe', 'pipe', 'pipe'] });
+  });
+  await assert.rejects(session.run('{"nftables":[]}\n{"nftables":[]}'), RangeError);
+  assert.equal(starts, 0);
+});
+
 test('a tool that ends without answering cannot hold a session: the change is refused as unavailable, and so is every later one', async () => {
   let starts = 0;
   const session = new NftSession(() => {
