@@ -1,7 +1,7 @@
 import { orderViews, parseBlockTarget, type BlockOrder, type BlockView, type ListQuery } from '../../block.js';
 import { streamList } from '../../control/client.js';
 import { RatedError } from '../../errors.js';
-import { api, daemonOrKernel, onDaemon, out, type GlobalArgs } from '../context.js';
+import { api, daemonOrKernel, onDaemon, out, OutBuffer, type GlobalArgs } from '../context.js';
 import { TableWriter } from '../format.js';
 
 // The daemon-down paths import ../offline.js (the daemon's parts) when they run; the rest never loads it.
@@ -16,15 +16,20 @@ export async function list(args: GlobalArgs & { json?: boolean; sort?: BlockOrde
   if (query.limit !== undefined && !(Number.isInteger(query.limit) && query.limit >= 1)) {
     throw new RatedError('USAGE', `--limit: expected a whole number from 1, got ${String(args.limit)}`);
   }
-  const table = new TableWriter(out);
-  const down = await blockViews(args, query, (v) => {
-    if (!args.json) table.row(v);
-  }, args.json ? (text) => process.stdout.write(text) : undefined);
-  if (down !== null) {
-    if (args.json) { out(JSON.stringify(down, null, 2)); return; }
-    for (const v of down) table.row(v);
+  const lines = new OutBuffer();
+  const table = new TableWriter(lines.line);
+  try {
+    const down = await blockViews(args, query, (v) => {
+      if (!args.json) table.row(v);
+    }, args.json ? (text) => process.stdout.write(text) : undefined);
+    if (down !== null) {
+      if (args.json) { out(JSON.stringify(down, null, 2)); return; }
+      for (const v of down) table.row(v);
+    }
+    if (!args.json) table.end();
+  } finally {
+    lines.flush();
   }
-  if (!args.json) table.end();
 }
 
 /**
