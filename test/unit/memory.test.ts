@@ -32,6 +32,32 @@ test('a full collection runs once the heap has grown by 16 MB (or an eighth) and
   }
 });
 
+test('a heap that holds more without using more (the young generation after a burst) is collected once the loop is idle', () => {
+  const used = 60 * MB;
+  let total = 70 * MB;
+  let busy = 0.01;
+  let runs = 0;
+  const s = new MemorySettler({
+    everyMs: 3_600_000, gc: () => { runs++; total = 62 * MB; }, heap: () => ({ used, total }), busy: () => busy,
+  });
+  try {
+    s.look();
+    assert.equal(runs, 1, 'the first look on an idle loop');
+    total = 93 * MB;
+    busy = 0.2;
+    s.look();
+    assert.equal(runs, 1, 'traffic goes on: what is in use has not grown, so nothing yet');
+    busy = 0.01;
+    s.look();
+    assert.equal(runs, 2, 'idle: 31 MB more held than after the last collection');
+    s.look();
+    assert.equal(runs, 2, 'and not again');
+    assert.equal(s.compactions, 0);
+  } finally {
+    s.close();
+  }
+});
+
 test('room left after a collection is compacted away once, when the loop is idle', () => {
   let used = 500 * MB;
   let total = 520 * MB;
