@@ -57,6 +57,8 @@ export class MemorySettler {
   private settled = 0;
   /** The heap held after the last full collection. */
   private settledHeld = 0;
+  /** The last collection was the one more, for a heap holding more than it uses. */
+  private heldTried = false;
   /** Full collections run. */
   collections = 0;
   /** Of those, the compacting ones. */
@@ -90,13 +92,16 @@ export class MemorySettler {
     if (this.gc === null || busy > BUSY || deciding) return;
     const compact = this.compactDue && busy <= IDLE;
     const grown = before - this.settled >= Math.max(GROWTH_BYTES, this.settled / 8);
-    // The heap held can grow while what is in use does not: V8's young generation grows to 32 MB in a
-    // burst and gives it back only at a collection on an idle loop (none comes by itself on a quiet server).
-    const held = busy <= IDLE && heap.total - this.settledHeld >= Math.max(GROWTH_BYTES, this.settledHeld / 8);
+    // V8 gives its young generation back (32 MB after a burst, 1 MB quiet) only at a collection that finds
+    // little allocated since the one before: on a quiet server, none comes. So on an idle loop, when the heap
+    // holds that much more than it uses, one more collection; again only once the heap held has grown.
+    const roomy = heap.total - heap.used >= Math.max(GROWTH_BYTES, heap.used / 8);
+    const held = busy <= IDLE && roomy && (!this.heldTried || heap.total - this.settledHeld >= Math.max(GROWTH_BYTES, this.settledHeld / 8));
     if (!compact && !grown && !held) return;
     const t0 = performance.now();
     this.gc(compact);
     const after = this.heap();
+    this.heldTried = !compact && !grown;
     this.settled = after.used;
     this.settledHeld = after.total;
     this.collections++;

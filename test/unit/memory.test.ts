@@ -58,6 +58,39 @@ test('a heap that holds more without using more (the young generation after a bu
   }
 });
 
+test('room V8 keeps after the collections that follow a burst gets one more collection on an idle loop, and only one', () => {
+  let used = 160 * MB;
+  let total = 170 * MB;
+  let busy = 0.1;
+  const runs: string[] = [];
+  const s = new MemorySettler({
+    everyMs: 3_600_000,
+    gc: (compact) => {
+      runs.push(compact ? 'compact' : 'plain');
+      used = 56 * MB;
+      // The young generation (32 MB) is given back by the third collection only.
+      total = runs.length < 3 ? 89 * MB : 58 * MB;
+    },
+    heap: () => ({ used, total }),
+    busy: () => busy,
+  });
+  try {
+    s.look();
+    assert.deepEqual(runs, ['plain'], 'after the burst');
+    busy = 0.01;
+    s.look();
+    assert.deepEqual(runs, ['plain', 'compact']);
+    s.look();
+    assert.deepEqual(runs, ['plain', 'compact', 'plain'], '33 MB held and unused: one more');
+    total = 89 * MB;
+    s.look();
+    s.look();
+    assert.deepEqual(runs, ['plain', 'compact', 'plain', 'plain'], 'held grew by 31 MB: one more, then no more while nothing changes');
+  } finally {
+    s.close();
+  }
+});
+
 test('room left after a collection is compacted away once, when the loop is idle', () => {
   let used = 500 * MB;
   let total = 520 * MB;
