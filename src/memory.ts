@@ -32,11 +32,13 @@ export interface SettlerOptions {
  * (the batches' text, log lines, firewall scripts), and V8 holds on to that
  * memory for as long as nothing forces a full collection — on a quiet
  * server, indefinitely. Every 5 s, when the heap in use has grown by 16 MB
- * (or an eighth) since the last full collection, or on an idle loop the heap
- * held has (the young generation: 1 MB quiet, 32 MB after a burst), the
- * event loop was mostly idle and no block was made or lifted (a collection
- * holds the loop, and a new offender's block with it), one full collection
- * runs (tens of ms at 100,000 blocks); never during an attack's busy seconds. At 1,000,000 blocks one
+ * (or an eighth) since the last full collection, the event loop was mostly
+ * idle and no block was made or lifted (a collection holds the loop, and a
+ * new offender's block with it), one full collection runs (tens of ms at
+ * 100,000 blocks); never during an attack's busy seconds. On an idle loop
+ * one more runs when the heap still holds 16 MB (or an eighth) more than it
+ * uses: V8 gives back its young generation (32 MB after a burst, 1 MB quiet)
+ * only at a collection that finds little allocated since the one before. At 1,000,000 blocks one
  * takes a few hundred ms, once after a burst; the memory it gives back is
  * several hundred MB.
  *
