@@ -26,26 +26,28 @@ test('takeAnswer: an answer not complete yet (the caret line still to come) is n
   assert.equal(takeAnswer(REFUSED_MARK, '} rated 0a1b2c3d 8'), null, 'another marker\'s answer is not this one');
 });
 
-test('a document of more than one line is refused before it is sent: nft would take each line as a transaction of its own', async () => {
+/** A session whose tool ends at once without answering (`true`), and how often it was started. */
+function silentSession(): { session: NftSession; starts: () => number } {
   let starts = 0;
   const session = new NftSession(() => {
     starts++;
     return spawn('true', [], { stdio: ['pipe', 'pipe', 'pipe'] });
   });
+  return { session, starts: () => starts };
+}
+
+test('a document of more than one line is refused before it is sent: nft would take each line as a transaction of its own', async () => {
+  const { session, starts } = silentSession();
   await assert.rejects(session.run('{"nftables":[]}\n{"nftables":[]}'), RangeError);
-  assert.equal(starts, 0);
+  assert.equal(starts(), 0);
 });
 
 test('a tool that ends without answering cannot hold a session: the change is refused as unavailable, and so is every later one', async () => {
-  let starts = 0;
-  const session = new NftSession(() => {
-    starts++;
-    return spawn('true', [], { stdio: ['pipe', 'pipe', 'pipe'] });
-  });
+  const { session, starts } = silentSession();
   await assert.rejects(session.run('{"nftables":[]}'), SessionUnavailable);
   assert.equal(session.disabled, true);
   await assert.rejects(session.run('{"nftables":[]}'), SessionUnavailable);
-  assert.equal(starts, 1, 'not started again');
+  assert.equal(starts(), 1, 'not started again');
 });
 
 test('a session that does not answer in time is killed and the change fails as a timed-out command', async () => {
